@@ -1,0 +1,3 @@
+from lmlab.model.transformer import ModelOutput, Transformer
+
+__all__ = ["ModelOutput", "Transformer"]

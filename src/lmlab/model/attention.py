@@ -1,0 +1,101 @@
+"""Causal self-attention: MHA, GQA and MQA are one class with ``n_kv_heads``.
+
+``n_kv_heads = n_heads`` is multi-head attention, a proper divisor is grouped-query attention
+(Ainslie et al., 2023) and 1 is multi-query attention (Shazeer, 2019).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab.model.position import Position
+
+KERNELS = ("sdpa", "manual")
+
+
+class Attention(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        kernel: str = "sdpa",
+        qkv_bias: bool | None = None,
+    ):
+        super().__init__()
+        n_kv_heads = n_kv_heads or n_heads
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}")
+        if kernel not in KERNELS:
+            raise ValueError(f"attention.kernel: unknown {kernel!r}; valid choices: {', '.join(KERNELS)}")
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
+        self.kernel, self.dropout = kernel, dropout
+        qkv_bias = bias if qkv_bias is None else qkv_bias
+        self.q = nn.Linear(d_model, n_heads * self.head_dim, bias=qkv_bias)
+        self.k = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.proj = nn.Linear(d_model, d_model, bias=bias)
+        self.proj.residual_out = True
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position: Position,
+        pos: torch.Tensor,
+        cache: dict | None = None,
+        need_weights: bool = False,
+    ):
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.v(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        q, k = position.rotate(q, k, pos, pos)
+        if cache is not None:  # keys and values of earlier positions, already rotated
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        k_pos = torch.arange(k.shape[2], device=x.device)
+        mask = self._mask(position, pos, k_pos, x.dtype)  # None, or (nh|1, Tq, Tk) additive
+        drop = self.dropout if self.training else 0.0
+        weights = None
+        if self.kernel == "sdpa" and not need_weights:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=drop, is_causal=mask is None,
+                enable_gqa=self.n_kv_heads != self.n_heads,
+            )  # (B, nh, T, hs)
+        else:
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, nh, Tq, Tk)
+            if mask is None:
+                causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+                scores = scores.masked_fill(~causal, float("-inf"))
+            else:
+                scores = scores + mask
+            weights = F.softmax(scores.float(), dim=-1).type_as(q)
+            y = F.dropout(weights, drop, self.training) @ v  # (B, nh, Tq, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        y = self.resid_drop(self.proj(y))
+        return (y, weights) if need_weights else y
+
+    def _mask(self, position: Position, q_pos, k_pos, dtype):
+        """The additive mask: causal (-inf above the diagonal) plus the position bias, if any.
+        None when a plain causal mask over aligned queries and keys is all that is needed."""
+        bias = position.bias(q_pos, k_pos)
+        if bias is None and len(q_pos) == len(k_pos):
+            return None
+        visible = k_pos[None, :] <= q_pos[:, None]  # (Tq, Tk)
+        mask = torch.zeros(visible.shape, device=q_pos.device).masked_fill(~visible, float("-inf"))
+        if bias is not None:
+            mask = mask[None] + bias  # (nh, Tq, Tk)
+        return mask.to(dtype)

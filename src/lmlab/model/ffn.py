@@ -1,0 +1,67 @@
+"""Position-wise feed-forward layers.
+
+Every FFN returns ``(y, losses, stats)``: its output, a dict of named, already-weighted auxiliary
+losses, and a dict of detached statistics to log. Dense FFNs return two empty dicts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DenseFFN(nn.Module):
+    """GPT-2's MLP: Linear(d, h) -> GELU -> Linear(h, d)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        hidden_mult: float = 4.0,
+        hidden_dim: int | None = None,
+        activation: str = "gelu",
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        acts = {"gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"), "relu": nn.ReLU()}
+        if activation not in acts:
+            raise ValueError(f"ffn.activation: unknown {activation!r}; valid choices: {', '.join(acts)}")
+        hidden = hidden_dim or int(hidden_mult * d_model)
+        self.fc = nn.Linear(d_model, hidden, bias=bias)
+        self.act = acts[activation]
+        self.proj = nn.Linear(hidden, d_model, bias=bias)
+        self.proj.residual_out = True  # scaled init, see Transformer._init_weights
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor):
+        return self.drop(self.proj(self.act(self.fc(x)))), {}, {}
+
+
+def swiglu_hidden(d_model: int, multiple_of: int = 64) -> int:
+    """Llama's hidden width: 2/3 of 4d (same parameters as a 4d GELU MLP), rounded up."""
+    hidden = int(2 * 4 * d_model / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """Shazeer (2020) GLU variant used by Llama: down(silu(gate(x)) * up(x))."""
+
+    def __init__(
+        self,
+        d_model: int,
+        hidden_dim: int | None = None,
+        multiple_of: int = 64,
+        bias: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        hidden = hidden_dim or swiglu_hidden(d_model, multiple_of)
+        self.gate = nn.Linear(d_model, hidden, bias=bias)
+        self.up = nn.Linear(d_model, hidden, bias=bias)
+        self.down = nn.Linear(hidden, d_model, bias=bias)
+        self.down.residual_out = True
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor):
+        return self.drop(self.down(F.silu(self.gate(x)) * self.up(x))), {}, {}

@@ -1,0 +1,143 @@
+"""Position encodings behind one small interface.
+
+Every kind implements three hooks and is a no-op where a hook does not apply, so the attention
+layer never asks which kind it has:
+
+- ``embed(x, pos)``: add to the token embeddings ``x`` (B, T, C) (learned, sinusoidal);
+- ``rotate(q, k, q_pos, k_pos)``: rotate queries (B, nh, Tq, hs) and keys (B, nkv, Tk, hs) (RoPE);
+- ``bias(q_pos, k_pos)``: a (nh, Tq, Tk) additive bias on the attention scores, or None (ALiBi).
+
+``pos`` tensors hold absolute positions, so that decoding with a KV cache continues where the
+prompt stopped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class Position(nn.Module):
+    """NoPE: no position information at all (causal masking alone leaks some)."""
+
+    def __init__(self, **dims):
+        super().__init__()
+
+    def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def rotate(self, q, k, q_pos, k_pos):
+        return q, k
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
+NoPosition = Position
+
+
+class Learned(Position):
+    """GPT-2's learned absolute position table of ``context_length`` rows."""
+
+    def __init__(self, d_model: int, context_length: int, **dims):
+        super().__init__()
+        self.context_length = context_length
+        self.table = nn.Embedding(context_length, d_model)
+
+    def embed(self, x, pos):
+        if int(pos[-1]) >= self.context_length:
+            raise ValueError(
+                f"position {int(pos[-1])} is past the learned table of context_length="
+                f"{self.context_length} rows"
+            )
+        return x + self.table(pos)  # (B, T, C) + (T, C)
+
+
+class Sinusoidal(Position):
+    """Fixed sines and cosines of Vaswani et al. (2017), computed for any position."""
+
+    def __init__(self, d_model: int, base: float = 10000.0, **dims):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.d_model = d_model
+
+    def embed(self, x, pos):
+        angles = pos.float()[:, None] * self.inv_freq[None, :]  # (T, C/2)
+        pe = torch.zeros(len(pos), self.d_model, device=x.device)
+        pe[:, 0::2] = torch.sin(angles)
+        pe[:, 1::2] = torch.cos(angles[:, : self.d_model // 2])
+        return x + pe.to(x.dtype)
+
+
+class RoPE(Position):
+    """Rotary embeddings (Su et al., 2021) in the rotate-half layout of GPT-NeoX and Llama.
+
+    ``scaling`` extends the context: ``linear`` (position interpolation, Chen et al. 2023) divides
+    positions by ``factor``; ``ntk`` (NTK-aware) raises the base to base * factor^(d/(d-2)).
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        base: float = 10000.0,
+        scaling: str | None = None,
+        factor: float = 1.0,
+        **dims,
+    ):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rope needs an even head size, got head_dim={head_dim}")
+        if scaling not in (None, "linear", "ntk"):
+            raise ValueError(f"rope.scaling: unknown {scaling!r}; valid choices: null, linear, ntk")
+        if scaling == "ntk":
+            base = base * factor ** (head_dim / (head_dim - 2))
+        self.pos_scale = factor if scaling == "linear" else 1.0
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _cos_sin(self, pos: torch.Tensor):
+        angles = (pos.float() / self.pos_scale)[:, None] * self.inv_freq[None, :]  # (T, hs/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (T, hs)
+        return angles.cos(), angles.sin()
+
+    @staticmethod
+    def _apply(x, cos, sin):
+        x1, x2 = x.chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)
+        return (x.float() * cos + rotated.float() * sin).type_as(x)
+
+    def rotate(self, q, k, q_pos, k_pos):
+        qc, qs = self._cos_sin(q_pos)
+        kc, ks = self._cos_sin(k_pos)
+        return self._apply(q, qc, qs), self._apply(k, kc, ks)
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """Head slopes of Press et al. (2022): a geometric sequence starting at 2^(-8/n). For a head
+    count that is not a power of two, the paper takes the slopes of the closest lower power of two
+    and fills up with every other slope of the next power of two."""
+
+    def pow2(n):
+        start = 2 ** (-8 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        return torch.tensor(pow2(n_heads))
+    closest = 2 ** math.floor(math.log2(n_heads))
+    extra = pow2(2 * closest)[0::2][: n_heads - closest]
+    return torch.tensor(pow2(closest) + extra)
+
+
+class ALiBi(Position):
+    """Attention with linear biases: score(i, j) += -slope_h * (i - j)."""
+
+    def __init__(self, n_heads: int, **dims):
+        super().__init__()
+        self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
+
+    def bias(self, q_pos, k_pos):
+        distance = (k_pos[None, :] - q_pos[:, None]).float()  # (Tq, Tk), <= 0 where visible
+        return self.slopes[:, None, None] * distance[None]  # (nh, Tq, Tk)

@@ -1,0 +1,117 @@
+"""The decoder-only transformer, assembled from one config of plain values.
+
+The config holds sizes plus one sub-config per component group (attention, position, ffn, norm),
+each with a ``_target_`` naming the class to build; Hydra's config groups are the registry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, T, vocab)
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # named, weighted aux losses
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, per layer
+
+
+def build(spec: dict, **dims):
+    """Instantiate a component sub-config, passing the model's dimensions to its constructor."""
+    spec = dict(spec)
+    return instantiate(spec, **{k: v for k, v in dims.items() if k not in spec})
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, cfg: dict, dims: dict):
+        super().__init__()
+        self.norm1 = build(cfg["norm"], d_model=dims["d_model"])
+        self.attn = build(
+            cfg["attention"], d_model=dims["d_model"], n_heads=dims["n_heads"],
+            bias=dims["bias"], dropout=dims["dropout"],
+        )
+        self.norm2 = build(cfg["norm"], d_model=dims["d_model"])
+        self.ffn = build(cfg["ffn"], d_model=dims["d_model"], bias=dims["bias"], dropout=dims["dropout"])
+
+    def forward(self, x, position, pos, cache=None):
+        x = x + self.attn(self.norm1(x), position, pos, cache)
+        h, losses, stats = self.ffn(self.norm2(x))
+        return x + h, losses, stats
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        cfg = dict(cfg)
+        self.cfg = cfg
+        d, nh = cfg["d_model"], cfg["n_heads"]
+        dims = {
+            "d_model": d, "n_heads": nh, "head_dim": d // nh,
+            "context_length": cfg["context_length"], "bias": cfg.get("bias", True),
+            "dropout": cfg.get("dropout", 0.0),
+        }
+        self.context_length = cfg["context_length"]
+        self.tok_emb = nn.Embedding(cfg["vocab_size"], d)
+        self.position = build(cfg["position"], **dims)
+        self.drop = nn.Dropout(dims["dropout"])
+        self.blocks = nn.ModuleList(Block(cfg, dims) for _ in range(cfg["n_layers"]))
+        self.norm = build(cfg["norm"], d_model=d)
+        self.lm_head = nn.Linear(d, cfg["vocab_size"], bias=False)
+        if cfg.get("tie_weights", False):
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, m: nn.Module):
+        """GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layers)."""
+        if isinstance(m, nn.Linear):
+            std = 0.02 / math.sqrt(2 * len(self.blocks)) if getattr(m, "residual_out", False) else 0.02
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+    def forward(self, idx: torch.Tensor, caches: list[dict] | None = None) -> ModelOutput:
+        """idx (B, T) token ids -> logits (B, T, vocab). With ``caches`` (one dict per layer),
+        keys and values are kept for the next call and positions continue after them."""
+        B, T = idx.shape
+        start = caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.drop(self.position.embed(self.tok_emb(idx), pos))  # (B, T, C)
+        losses: dict[str, torch.Tensor] = {}
+        stats: dict[str, torch.Tensor] = {}
+        for i, block in enumerate(self.blocks):
+            x, block_losses, block_stats = block(x, self.position, pos, caches[i] if caches else None)
+            for name, value in block_losses.items():
+                losses[name] = losses.get(name, 0.0) + value
+            stats.update({f"layer{i}/{k}": v for k, v in block_stats.items()})
+        logits = self.lm_head(self.norm(x))  # (B, T, vocab)
+        return ModelOutput(logits, losses, stats)
+
+    # ---- reports -------------------------------------------------------------------------
+    def num_params(self) -> int:
+        """Parameters, counting a tied embedding once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward): 6N + 12 * L * T * d (Kaplan et al. 2020,
+        PaLM appendix B), with N the parameters used in matmuls: embedding tables that are only
+        looked up are left out, a tied LM head is counted."""
+        lookups = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
+        if self.lm_head.weight is self.tok_emb.weight:
+            lookups -= self.tok_emb.weight.numel()
+        n = self.num_params() - lookups
+        return 6 * n + 12 * len(self.blocks) * self.context_length * self.cfg["d_model"]
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ModelOutput]:
+        out = self(idx)
+        ce = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
+        return ce, out
