@@ -86,7 +86,11 @@ def run_training(cfg: DictConfig) -> dict:
         "params": module.model.num_params(),
         "flops_per_token": module.model.flops_per_token(),
         "steps": trainer.global_step,
+        "world_size": trainer.world_size,
     }
+    if trainer.world_size > 1:  # identical on every rank when DDP kept the replicas in sync
+        checksum = sum(p.detach().double().sum() for p in module.parameters())
+        metrics["param_checksums"] = trainer.strategy.all_gather(checksum).tolist()
     tps = trainer.callback_metrics.get("train/tokens_per_s")
     if tps is not None:
         metrics["tokens_per_s"] = float(tps)
@@ -117,3 +121,51 @@ def train(cfg: DictConfig) -> float | None:
     except UserError as err:
         _fail(err)
     return metrics.get("val_loss")
+
+
+# ---- generate and evaluate --------------------------------------------------------------------
+def load_module(ckpt_path: str, device: str = "auto"):
+    """A trained LanguageModule from a Lightning checkpoint (weights_only loading suffices)."""
+    from lmlab.module import LanguageModule
+
+    if not Path(ckpt_path).is_file():
+        raise UserError(f"ckpt_path: no such checkpoint: {ckpt_path}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    module = LanguageModule.load_from_checkpoint(ckpt_path, map_location=device, weights_only=True)
+    return module.eval()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
+def generate(cfg: DictConfig) -> None:
+    try:
+        module = load_module(cfg.ckpt_path, cfg.device)
+    except UserError as err:
+        _fail(err)
+    texts = []
+    for i in range(cfg.num_samples):
+        text = sample_text(module, cfg.tokenizer, cfg.prompt, max_new_tokens=cfg.max_new_tokens,
+                           temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                           use_cache=cfg.use_cache, seed=cfg.seed + i)
+        texts.append(text)
+        print(f"----- sample {i + 1}/{cfg.num_samples} -----\n{text}", flush=True)
+    Path(cfg.paths.output_dir, "samples.txt").write_text("\n\n".join(texts))
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+def evaluate(cfg: DictConfig) -> float:
+    """Loss and perplexity of a checkpoint on the held-out split of ``data``."""
+    try:
+        module = load_module(cfg.ckpt_path, "cpu")
+        cfg.model.context_length = module.model.context_length
+        datamodule = build_datamodule(cfg)
+    except UserError as err:
+        _fail(err)
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    loss = trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/loss"]
+    result = {"ckpt_path": cfg.ckpt_path, "val_loss": loss, "val_ppl": math.exp(loss),
+              "val_windows": len(datamodule.val_dataloader().dataset)}
+    Path(cfg.paths.output_dir, "eval.json").write_text(json.dumps(result, indent=2))
+    print(f"validation loss {loss:.4f}, perplexity {math.exp(loss):.2f} "
+          f"over {result['val_windows']} windows", flush=True)
+    return loss

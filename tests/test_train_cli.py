@@ -1,0 +1,130 @@
+"""`python train.py` end to end, through the command line as a user runs it."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+FAST = [
+    "model.n_layers=1", "model.n_heads=2", "model.d_model=32", "model.context_length=16",
+    "data.batch_size=4", "data.val_windows=4", "trainer.max_steps=6", "trainer.val_check_interval=3",
+    "module.warmup_steps=2", "sample.max_new_tokens=8", "trainer.precision=32-true",
+]
+
+
+def run(script, *overrides, cwd=ROOT, check=True, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("run")
+    run_dir = tmp / "run"
+    proc = run("train.py", *FAST, f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp / 'cache'}")
+    return run_dir, proc
+
+
+def test_train_prints_loss_perplexity_and_a_sample(trained):
+    run_dir, proc = trained
+    out = proc.stdout + proc.stderr
+    assert "parameters" in out and "MFLOPs per token" in out
+    assert "final validation loss" in out and "perplexity" in out
+    assert "----- sample (prompt 'ROMEO:\\n') -----\nROMEO:" in proc.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 6
+    assert metrics["val_ppl"] == pytest.approx(2.718281828 ** metrics["val_loss"], rel=1e-6)
+    assert (run_dir / "sample.txt").read_text().startswith("ROMEO:")
+
+
+def test_train_writes_checkpoints_and_csv_metrics_in_the_run_dir(trained):
+    run_dir, _ = trained
+    ckpts = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert "last.ckpt" in ckpts and any(n.startswith("best-step") for n in ckpts)
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert state["global_step"] == 6
+    rows = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
+    vals = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    tps = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s")]
+    assert len(vals) >= 2 and all(v > 0 for v in tps)
+    assert vals[-1] < 10.8  # below the loss of a uniform guess over 50257 tokens (ln V = 10.82)
+
+
+def test_resume_continues_from_the_checkpoint(trained, tmp_path):
+    run_dir, _ = trained
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    run("train.py", *FAST, "trainer.max_steps=9", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'r'}",
+        f"paths.cache_dir={run_dir.parent / 'cache'}")
+    state = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert state["global_step"] == 9
+    assert ckpt.read_bytes() == before  # the resumed run wrote its own files, not over ours
+
+
+def test_generate_and_evaluate_from_the_checkpoint(trained, tmp_path):
+    run_dir, _ = trained
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    gen = run("generate.py", f"ckpt_path={ckpt}", "prompt=JULIET:", "max_new_tokens=5",
+              "temperature=0", f"hydra.run.dir={tmp_path / 'g'}")
+    assert "JULIET:" in gen.stdout and (tmp_path / "g" / "samples.txt").exists()
+    ev = run("evaluate.py", f"ckpt_path={ckpt}", "data.val_windows=4",
+             f"paths.cache_dir={run_dir.parent / 'cache'}", f"hydra.run.dir={tmp_path / 'e'}")
+    result = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert result["val_windows"] == 4 and result["val_loss"] > 0
+    assert f"validation loss {result['val_loss']:.4f}" in ev.stdout
+
+
+def test_unknown_model_names_the_valid_options(tmp_path):
+    proc = run("train.py", "model=nonexistent", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode != 0
+    assert "Could not find 'model/nonexistent'" in proc.stderr
+    assert "gpt2" in proc.stderr and "tiny" in proc.stderr  # the available options are listed
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+    proc = run("train.py", "model.n_layer=3", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode != 0
+    assert "Could not override 'model.n_layer'" in proc.stderr
+
+
+def test_missing_text_file_is_one_line_before_any_model(tmp_path):
+    proc = run("train.py", "data=text", "data.path=/missing/file", f"hydra.run.dir={tmp_path}",
+               check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "lmlab: error: data.path: no such file: /missing/file"
+    assert "parameters" not in proc.stdout + proc.stderr  # the model was never built
+
+
+def test_train_on_your_own_text_file(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog.\n" * 300)
+    run("train.py", *FAST, "data=text", f"data.path={text}", f"hydra.run.dir={tmp_path / 'r'}",
+        f"paths.cache_dir={tmp_path / 'cache'}", "sample.prompt=The")
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["val_loss"] < 10.8
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    """Real multi-process DDP over gloo: two ranks, gradients averaged between them."""
+    run("train.py", *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+        f"hydra.run.dir={tmp_path / 'r'}", f"paths.cache_dir={tmp_path / 'cache'}", timeout=400)
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 6
+    # the ranks trained on different windows, yet their weights are identical: gradients were
+    # averaged across processes
+    a, b = metrics["param_checksums"]
+    assert a == b
+    state = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert state["global_step"] == 6
