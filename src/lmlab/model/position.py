@@ -110,6 +110,7 @@ class RoPE(Position):
             )
         if scaling not in self.SCALINGS:
             raise ValueError(f"rope.scaling: unknown {scaling!r}; valid choices: null, linear, ntk, yarn")
+        self.scaling, self.base = scaling, base
         if scaling == "ntk":
             base = base * factor ** (head_dim / (head_dim - 2))
         self.pos_scale = factor if scaling == "linear" else 1.0
