@@ -111,3 +111,38 @@ def test_variants_without_a_hf_equivalent_are_refused(overrides, layout, named, 
     with pytest.raises(ValueError, match=f"{named}.*no Hugging Face {layout} equivalent"):
         export_hf(model, tmp_path, layout=layout)
     assert not (tmp_path / "config.json").exists()
+
+
+def test_convert_script_round_trip_through_an_lmlab_checkpoint(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    from lmlab.interop.hf import load_checkpoint
+    from lmlab.module import LanguageModule
+    from tests.conftest import ROOT
+
+    script = ROOT / "scripts" / "hf_convert.py"
+    spec = importlib.util.spec_from_file_location("hf_convert", script)
+    hf_convert = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hf_convert)
+
+    hf = gpt2_hf()
+    hf.save_pretrained(tmp_path / "hf")
+    idx = _tokens()
+    want = _hf_logits(hf, idx)
+    assert hf_convert.main(["import", str(tmp_path / "hf"), str(tmp_path / "m.ckpt")]) == 0
+    module = LanguageModule.load_from_checkpoint(tmp_path / "m.ckpt", map_location="cpu").eval()
+    torch.testing.assert_close(_lm_logits(module.model, idx), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_lm_logits(load_checkpoint(tmp_path / "m.ckpt"), idx), want, atol=1e-5, rtol=1e-5)
+
+    assert hf_convert.main(["export", str(tmp_path / "m.ckpt"), str(tmp_path / "out")]) == 0
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    torch.testing.assert_close(_hf_logits(back, idx), want, atol=1e-5, rtol=1e-5)
+
+    # a refused layout, as a user sees it: one line on stderr, exit status 2
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run([sys.executable, str(script), "export", str(tmp_path / "m.ckpt"), str(tmp_path / "x"),
+                        "--layout", "llama"], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "hf_convert: error: position Learned has no Hugging Face llama equivalent" in r.stderr

@@ -292,3 +292,31 @@ def export_hf(model: Transformer, path: str | Path, layout: str | None = None) -
     save_file({k: v.detach().to(dtype).contiguous().cpu() for k, v in sd.items()},
               str(path / "model.safetensors"), metadata={"format": "pt"})
     return path
+
+
+# ---- lmlab checkpoints ----------------------------------------------------------------------------
+def save_checkpoint(model: Transformer, path: str | Path, **module_kwargs) -> Path:
+    """Save ``model`` as a checkpoint that ``LanguageModule.load_from_checkpoint`` (and
+    ``python train.py ckpt_path=...`` for its weights) reads, like those train.py writes."""
+    import lightning
+
+    from lmlab.module import LanguageModule
+
+    module = LanguageModule(model=model.cfg, **module_kwargs)
+    module.model.load_state_dict(model.state_dict())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": lightning.__version__}, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Transformer:
+    """The Transformer of an lmlab (Lightning) checkpoint."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if "hyper_parameters" not in ckpt or "model" not in ckpt["hyper_parameters"]:
+        raise ValueError(f"{path}: not an lmlab checkpoint (no hyper_parameters.model)")
+    model = Transformer(ckpt["hyper_parameters"]["model"])
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval()
