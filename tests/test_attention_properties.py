@@ -177,3 +177,12 @@ def test_alibi_slopes_match_the_paper():
     want = [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3]
     torch.testing.assert_close(alibi_slopes(6), torch.tensor(want))
     torch.testing.assert_close(alibi_slopes(16)[:2], torch.tensor([2 ** -0.5, 2 ** -1.0]))
+
+
+def test_kv_cache_with_qk_norm_mqa_and_yarn_equals_full_recomputation():
+    model = build(["model=llama", "model/attention=mqa", "model.position.scaling=yarn",
+                   "model.position.factor=4", "model.attention.qk_norm=true", "model.attention.window=5"])
+    idx = tokens(12)
+    caches = [{} for _ in model.blocks]
+    steps = [logits(model, idx[:, :4], caches)] + [logits(model, idx[:, t : t + 1], caches) for t in range(4, 12)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), logits(model, idx), atol=1e-5, rtol=1e-5)
