@@ -2,6 +2,11 @@
 
 ``n_kv_heads = n_heads`` is multi-head attention, a proper divisor is grouped-query attention
 (Ainslie et al., 2023) and 1 is multi-query attention (Shazeer, 2019).
+
+Options: ``qk_norm`` RMS-normalises each head's queries and keys over the head dimension before
+the position rotation (Dehghani et al. 2023; OLMo 2, Qwen 3); ``window`` restricts every query to
+the ``window`` most recent keys, itself included (sliding-window attention, as in Mistral), in
+both kernels and with the KV cache.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.model.norm import RMSNorm
 from lmlab.model.position import Position
 
 KERNELS = ("sdpa", "manual")
@@ -27,17 +33,26 @@ class Attention(nn.Module):
         dropout: float = 0.0,
         kernel: str = "sdpa",
         qkv_bias: bool | None = None,
+        qk_norm: bool = False,
+        qk_norm_eps: float = 1e-6,
+        window: int | None = None,
     ):
         super().__init__()
         n_kv_heads = n_kv_heads or n_heads
         if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
-        if n_heads % n_kv_heads:
-            raise ValueError(f"n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}")
+            raise ValueError(f"model.d_model={d_model} is not divisible by model.n_heads={n_heads}")
+        if n_kv_heads < 1 or n_heads % n_kv_heads:
+            raise ValueError(
+                f"model.n_heads={n_heads} is not divisible by attention.n_kv_heads={n_kv_heads}"
+            )
         if kernel not in KERNELS:
             raise ValueError(f"attention.kernel: unknown {kernel!r}; valid choices: {', '.join(KERNELS)}")
+        if window is not None and (not isinstance(window, int) or window < 1):
+            raise ValueError(f"attention.window must be null or a positive integer, got {window!r}")
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
-        self.kernel, self.dropout = kernel, dropout
+        self.kernel, self.dropout, self.window = kernel, dropout, window
+        self.q_norm = RMSNorm(self.head_dim, eps=qk_norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps=qk_norm_eps) if qk_norm else None
         qkv_bias = bias if qkv_bias is None else qkv_bias
         self.q = nn.Linear(d_model, n_heads * self.head_dim, bias=qkv_bias)
         self.k = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=qkv_bias)
@@ -58,6 +73,8 @@ class Attention(nn.Module):
         q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = self.k(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         v = self.v(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = position.rotate(q, k, pos, pos)
         if cache is not None:  # keys and values of earlier positions, already rotated
             if "k" in cache:
@@ -89,12 +106,16 @@ class Attention(nn.Module):
         return (y, weights) if need_weights else y
 
     def _mask(self, position: Position, q_pos, k_pos, dtype):
-        """The additive mask: causal (-inf above the diagonal) plus the position bias, if any.
-        None when a plain causal mask over aligned queries and keys is all that is needed."""
+        """The additive mask: causal (-inf above the diagonal; with a window, also -inf for keys
+        ``window`` or more positions back) plus the position bias, if any. None when a plain
+        causal mask over aligned queries and keys is all that is needed."""
         bias = position.bias(q_pos, k_pos)
-        if bias is None and len(q_pos) == len(k_pos):
+        if bias is None and self.window is None and len(q_pos) == len(k_pos):
             return None
-        visible = k_pos[None, :] <= q_pos[:, None]  # (Tq, Tk)
+        back = q_pos[:, None] - k_pos[None, :]  # (Tq, Tk): how far back each key is
+        visible = back >= 0
+        if self.window is not None:
+            visible &= back < self.window
         mask = torch.zeros(visible.shape, device=q_pos.device).masked_fill(~visible, float("-inf"))
         if bias is not None:
             mask = mask[None] + bias  # (nh, Tq, Tk)

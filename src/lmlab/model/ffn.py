@@ -29,7 +29,7 @@ class DenseFFN(nn.Module):
             raise ValueError(f"ffn.activation: unknown {activation!r}; valid choices: {', '.join(acts)}")
         hidden = hidden_dim or int(hidden_mult * d_model)
         self.fc = nn.Linear(d_model, hidden, bias=bias)
-        self.act = acts[activation]
+        self.act, self.act_name = acts[activation], activation
         self.proj = nn.Linear(hidden, d_model, bias=bias)
         self.proj.residual_out = True  # scaled init, see Transformer._init_weights
         self.drop = nn.Dropout(dropout)

@@ -39,12 +39,19 @@ NoPosition = Position
 
 
 class Learned(Position):
-    """GPT-2's learned absolute position table of ``context_length`` rows."""
+    """GPT-2's learned absolute position table: ``max_positions`` rows (default: context_length).
+    A table shorter than the model's context is refused; so is any position past the table."""
 
-    def __init__(self, d_model: int, context_length: int, **dims):
+    def __init__(self, d_model: int, context_length: int, max_positions: int | None = None, **dims):
         super().__init__()
-        self.context_length = context_length
-        self.table = nn.Embedding(context_length, d_model)
+        rows = max_positions or context_length
+        if rows < context_length:
+            raise ValueError(
+                f"position.max_positions={rows} is shorter than model.context_length="
+                f"{context_length}; a learned table needs a row per position"
+            )
+        self.context_length = rows
+        self.table = nn.Embedding(rows, d_model)
 
     def embed(self, x, pos):
         if int(pos[-1]) >= self.context_length:
@@ -75,9 +82,14 @@ class Sinusoidal(Position):
 class RoPE(Position):
     """Rotary embeddings (Su et al., 2021) in the rotate-half layout of GPT-NeoX and Llama.
 
-    ``scaling`` extends the context: ``linear`` (position interpolation, Chen et al. 2023) divides
-    positions by ``factor``; ``ntk`` (NTK-aware) raises the base to base * factor^(d/(d-2)).
+    ``scaling`` extends the context by ``factor``: ``linear`` (position interpolation, Chen et al.
+    2023) divides positions by ``factor``; ``ntk`` (NTK-aware) raises the base to
+    base * factor^(d/(d-2)); ``yarn`` (Peng et al. 2023) interpolates only the low frequencies,
+    those with fewer than ``beta_slow`` turns over ``original_context``, keeps those with more than
+    ``beta_fast`` turns, ramps linearly in between, and scales the logits by (0.1 ln s + 1)^2.
     """
+
+    SCALINGS = (None, "linear", "ntk", "yarn")
 
     def __init__(
         self,
@@ -85,23 +97,40 @@ class RoPE(Position):
         base: float = 10000.0,
         scaling: str | None = None,
         factor: float = 1.0,
+        original_context: int | None = None,
+        beta_fast: float = 32.0,
+        beta_slow: float = 1.0,
+        context_length: int | None = None,
         **dims,
     ):
         super().__init__()
         if head_dim % 2:
-            raise ValueError(f"rope needs an even head size, got head_dim={head_dim}")
-        if scaling not in (None, "linear", "ntk"):
-            raise ValueError(f"rope.scaling: unknown {scaling!r}; valid choices: null, linear, ntk")
+            raise ValueError(
+                f"position=rope needs an even head size, got head_dim={head_dim} (model.d_model / model.n_heads)"
+            )
+        if scaling not in self.SCALINGS:
+            raise ValueError(f"rope.scaling: unknown {scaling!r}; valid choices: null, linear, ntk, yarn")
+        self.scaling, self.base = scaling, base
         if scaling == "ntk":
             base = base * factor ** (head_dim / (head_dim - 2))
         self.pos_scale = factor if scaling == "linear" else 1.0
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        self.mscale = 1.0
+        if scaling == "yarn" and factor > 1.0:
+            # turns of each frequency over the original context, r = L / wavelength
+            L = original_context or (context_length / factor if context_length else None)
+            if not L:
+                raise ValueError("rope.scaling=yarn needs position.original_context")
+            turns = L * inv_freq / (2 * math.pi)
+            keep = ((turns - beta_slow) / (beta_fast - beta_slow)).clamp(0, 1)  # 1: extrapolate
+            inv_freq = keep * inv_freq + (1 - keep) * inv_freq / factor
+            self.mscale = 0.1 * math.log(factor) + 1.0
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
     def _cos_sin(self, pos: torch.Tensor):
         angles = (pos.float() / self.pos_scale)[:, None] * self.inv_freq[None, :]  # (T, hs/2)
         angles = torch.cat([angles, angles], dim=-1)  # (T, hs)
-        return angles.cos(), angles.sin()
+        return angles.cos() * self.mscale, angles.sin() * self.mscale
 
     @staticmethod
     def _apply(x, cos, sin):

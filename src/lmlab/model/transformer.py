@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
@@ -23,16 +24,28 @@ class ModelOutput:
 
 
 def build(spec: dict, **dims):
-    """Instantiate a component sub-config, passing the model's dimensions to its constructor."""
+    """Instantiate a component sub-config, passing the model's dimensions to its constructor.
+    A ValueError raised by the component's constructor (a bad combination of values) is raised
+    as itself, not wrapped in Hydra's multi-line InstantiationException."""
     spec = dict(spec)
-    return instantiate(spec, **{k: v for k, v in dims.items() if k not in spec})
+    try:
+        return instantiate(spec, **{k: v for k, v in dims.items() if k not in spec})
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError):
+            raise err.__cause__ from None
+        raise
+
+
+NORM_PLACEMENTS = ("pre", "post")
 
 
 class Block(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then x + ffn(norm(x))."""
+    """Pre-norm block (default): x + attn(norm1(x)), then x + ffn(norm2(x)).
+    Post-norm block (Vaswani et al. 2017, GPT-1, BERT): norm1(x + attn(x)), then norm2(x + ffn(x))."""
 
     def __init__(self, cfg: dict, dims: dict):
         super().__init__()
+        self.post_norm = cfg.get("norm_placement", "pre") == "post"
         self.norm1 = build(cfg["norm"], d_model=dims["d_model"])
         self.attn = build(
             cfg["attention"], d_model=dims["d_model"], n_heads=dims["n_heads"],
@@ -42,6 +55,10 @@ class Block(nn.Module):
         self.ffn = build(cfg["ffn"], d_model=dims["d_model"], bias=dims["bias"], dropout=dims["dropout"])
 
     def forward(self, x, position, pos, cache=None):
+        if self.post_norm:
+            x = self.norm1(x + self.attn(x, position, pos, cache))
+            h, losses, stats = self.ffn(x)
+            return self.norm2(x + h), losses, stats
         x = x + self.attn(self.norm1(x), position, pos, cache)
         h, losses, stats = self.ffn(self.norm2(x))
         return x + h, losses, stats
@@ -53,6 +70,13 @@ class Transformer(nn.Module):
         cfg = dict(cfg)
         self.cfg = cfg
         d, nh = cfg["d_model"], cfg["n_heads"]
+        if nh < 1 or d % nh:
+            raise ValueError(f"model.d_model={d} is not divisible by model.n_heads={nh}")
+        placement = cfg.get("norm_placement", "pre")
+        if placement not in NORM_PLACEMENTS:
+            raise ValueError(
+                f"model.norm_placement: unknown {placement!r}; valid choices: {', '.join(NORM_PLACEMENTS)}"
+            )
         dims = {
             "d_model": d, "n_heads": nh, "head_dim": d // nh,
             "context_length": cfg["context_length"], "bias": cfg.get("bias", True),
@@ -63,7 +87,8 @@ class Transformer(nn.Module):
         self.position = build(cfg["position"], **dims)
         self.drop = nn.Dropout(dims["dropout"])
         self.blocks = nn.ModuleList(Block(cfg, dims) for _ in range(cfg["n_layers"]))
-        self.norm = build(cfg["norm"], d_model=d)
+        # post-norm blocks end normalised already; pre-norm needs a final norm before the head
+        self.norm = build(cfg["norm"], d_model=d) if placement == "pre" else nn.Identity()
         self.lm_head = nn.Linear(d, cfg["vocab_size"], bias=False)
         if cfg.get("tie_weights", False):
             self.lm_head.weight = self.tok_emb.weight
@@ -84,6 +109,12 @@ class Transformer(nn.Module):
         keys and values are kept for the next call and positions continue after them."""
         B, T = idx.shape
         start = caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
+        limit = getattr(self.position, "context_length", None)  # only a learned table has one
+        if limit is not None and start + T > limit:
+            raise ValueError(
+                f"{start + T} positions are more than the learned position table's {limit} rows "
+                f"(model.context_length); crop the input or use a relative position kind"
+            )
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.drop(self.position.embed(self.tok_emb(idx), pos))  # (B, T, C)
         losses: dict[str, torch.Tensor] = {}

@@ -1,0 +1,1 @@
+"""Conversions between lmlab models and other libraries' checkpoints."""
