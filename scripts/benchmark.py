@@ -7,6 +7,7 @@ Sections are subcommands; to add one, write a `cmd_<name>(args)` function and re
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -69,7 +70,8 @@ def cmd_moe(args) -> None:
 
     print(f"MoE layer forward+backward: {N} tokens, d_model {d}, {E} GELU experts of width "
           f"{hidden}, top-{k}; dense FFN of width {k * hidden} (same active parameters); "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+          f"{torch.get_num_threads()} threads, median of {args.repeats}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     t = bench({"moe": fwd_bwd(moe), "naive": fwd_bwd(naive), "dense": fwd_bwd(dense)}, args.repeats)
     t_moe, t_naive, t_dense = t["moe"], t["naive"], t["dense"]
     print(f"  moe (sorted dispatch)   {t_moe * 1e3:8.1f} ms")
