@@ -54,9 +54,13 @@ def build_module(cfg: DictConfig):
 
 
 def describe(module) -> str:
+    from lmlab.model.moe import active_params
+
     m = module.model
-    return (f"model: {m.num_params():,} parameters, {m.flops_per_token() / 1e6:,.1f} MFLOPs "
-            f"per token (training)")
+    active = active_params(m)
+    params = f"{m.num_params():,} parameters" + (
+        f" ({active:,} active per token)" if active != m.num_params() else "")
+    return f"model: {params}, {m.flops_per_token() / 1e6:,.1f} MFLOPs per token (training)"
 
 
 def sample_text(module, tokenizer_name: str, prompt: str, **kwargs) -> str:

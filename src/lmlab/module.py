@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from lmlab.model.moe import MoE
 from lmlab.model.transformer import Transformer
 
 
@@ -40,6 +41,7 @@ class LanguageModule(L.LightningModule):
         self.model = Transformer(model)
         self.val_loss = MeanMetric()
         self._t0: float | None = None
+        self._moe_counts: dict[int, torch.Tensor] = {}  # layer -> expert token counts this step
 
     def forward(self, idx: torch.Tensor):
         return self.model(idx)
@@ -59,7 +61,20 @@ class LanguageModule(L.LightningModule):
         if out.stats and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             self.log_dict({f"routing/{k}": v.float().mean() for k, v in out.stats.items()
                            if v.numel() == 1})
-        return loss
+        for i, block in enumerate(self.model.blocks):  # for the MoE bias update after the step
+            if f"layer{i}/counts" in out.stats:
+                self._moe_counts[i] = self._moe_counts.get(i, 0) + out.stats[f"layer{i}/counts"]
+        return {"loss": loss, "stats": out.stats}  # stats reach callbacks (RoutingMonitor)
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        # DeepSeek-V3 auxiliary-loss-free balancing: each MoE layer moves its selection bias by
+        # the token counts of the step just taken (summed over ranks so every replica agrees).
+        for i, counts in self._moe_counts.items():
+            ffn = self.model.blocks[i].ffn
+            if isinstance(ffn, MoE):
+                ffn.update_bias(self.trainer.strategy.reduce(counts, reduce_op="sum"))
+        self._moe_counts = {}
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._t0 is None:

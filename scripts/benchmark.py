@@ -1,0 +1,112 @@
+"""Micro-benchmarks: `python scripts/benchmark.py <section> [options]`, `--help` lists the sections.
+
+Sections are subcommands; to add one, write a `cmd_<name>(args)` function and register it in
+`SECTIONS` with its options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from lmlab.model.ffn import DenseFFN
+from lmlab.model.moe import MoE
+
+
+def bench(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median seconds of each ``fns[name]()`` over ``repeats`` rounds after ``warmup`` rounds. The
+    functions take turns within each round, so a busy machine slows them alike."""
+    times = {name: [] for name in fns}
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+# ---- moe -------------------------------------------------------------------------------------
+class NaiveMoE(nn.Module):
+    """The textbook masked MoE: every expert runs over all tokens, and each token keeps the output
+    of an expert only where the router chose it (its weight is zero elsewhere) - masking tokens
+    expert by expert. Same parameters and routing as ``moe``."""
+
+    def __init__(self, moe: MoE):
+        super().__init__()
+        self.moe = moe
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        _, _, choice, weights = self.moe.route(x)
+        gate = torch.zeros(x.shape[0], self.moe.n_experts, dtype=x.dtype).scatter(1, choice, weights)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.moe.experts):
+            out = out + gate[:, e:e + 1] * expert(x)[0]
+        return out.reshape(shape)
+
+
+def cmd_moe(args) -> None:
+    torch.manual_seed(0)
+    d, E, k, N = args.d_model, args.experts, args.top_k, args.tokens
+    hidden = args.hidden or 4 * d // k  # per expert; top_k experts = one 4d dense FFN
+    moe = MoE(d, n_experts=E, top_k=k, expert="gelu", hidden_dim=hidden, bias=True)
+    naive = NaiveMoE(moe)
+    dense = DenseFFN(d, hidden_dim=k * hidden, bias=True)  # the same active parameters
+    x = torch.randn(N, d, requires_grad=True)
+
+    def fwd_bwd(layer):
+        def run():
+            y = layer(x)
+            y = y[0] if isinstance(y, tuple) else y
+            y.square().mean().backward()
+        return run
+
+    print(f"MoE layer forward+backward: {N} tokens, d_model {d}, {E} GELU experts of width "
+          f"{hidden}, top-{k}; dense FFN of width {k * hidden} (same active parameters); "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    t = bench({"moe": fwd_bwd(moe), "naive": fwd_bwd(naive), "dense": fwd_bwd(dense)}, args.repeats)
+    t_moe, t_naive, t_dense = t["moe"], t["naive"], t["dense"]
+    print(f"  moe (sorted dispatch)   {t_moe * 1e3:8.1f} ms")
+    print(f"  naive masked loop       {t_naive * 1e3:8.1f} ms   naive / moe = {t_naive / t_moe:.2f}x"
+          f"  (target >= 3)")
+    print(f"  dense, equal active     {t_dense * 1e3:8.1f} ms   moe / dense = {t_moe / t_dense:.2f}x"
+          f"  (target <= 1.5)")
+
+
+SECTIONS = {
+    "moe": (cmd_moe, "MoE layer vs a naive masked loop and an equal-active dense FFN", [
+        ("--tokens", dict(type=int, default=4096)),
+        ("--d-model", dict(type=int, default=256)),
+        ("--experts", dict(type=int, default=8)),
+        ("--top-k", dict(type=int, default=2)),
+        ("--hidden", dict(type=int, default=None, help="expert width (default 4 * d_model / top_k)")),
+        ("--repeats", dict(type=int, default=10)),
+    ]),
+}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    sub = parser.add_subparsers(dest="section", required=True)
+    for name, (fn, help_, options) in SECTIONS.items():
+        p = sub.add_parser(name, help=help_)
+        for flag, kw in options:
+            p.add_argument(flag, **kw)
+        p.set_defaults(fn=fn)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

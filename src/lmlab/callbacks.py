@@ -1,0 +1,96 @@
+"""Lightning callbacks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import lightning as L
+import torch
+
+LOAD_KEY = re.compile(r"^layer(\d+)/load$")
+
+
+class RoutingMonitor(L.Callback):
+    """Makes MoE routing visible. Every ``every_n_steps`` training steps (and when training ends)
+    it reads the per-layer expert load fractions from the stats ``training_step`` returns and
+
+    - logs each layer's per-expert fraction (``routing/layer{i}/expert{e}``) and its max/mean
+      load ratio (``routing/layer{i}/imbalance``, 1 when uniform) to every logger;
+    - draws a layer x expert heat map, saved as ``<run dir>/routing/load_step{step}.png`` and sent
+      to W&B as the image ``routing/load`` when a WandbLogger is present.
+
+    Router entropy, dropped-token fraction and the aux and z losses per layer are logged by
+    LanguageModule as ``routing/layer{i}/...``. With a dense model there are no load stats and
+    this callback does nothing.
+    """
+
+    def __init__(self, every_n_steps: int = 100, heatmap: bool = True):
+        self.every_n_steps = every_n_steps
+        self.heatmap = heatmap
+        self._last: tuple[int, torch.Tensor] | None = None  # (step, load) of the latest batch
+
+    @staticmethod
+    def load_matrix(stats: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """(layers, experts) load fractions from the model's stats, or None for a dense model."""
+        rows = {int(m.group(1)): v for k, v in stats.items() if (m := LOAD_KEY.match(k))}
+        if not rows:
+            return None
+        return torch.stack([rows[i].detach().float().cpu() for i in sorted(rows)])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        stats = outputs.get("stats") if isinstance(outputs, dict) else None
+        load = self.load_matrix(stats or {})
+        if load is None:
+            return
+        step = trainer.global_step
+        self._last = (step, load)
+        if self.every_n_steps and step % self.every_n_steps == 0:
+            self.report(trainer, step, load)
+
+    def on_train_end(self, trainer, pl_module):
+        if self._last is None:
+            return
+        step, load = self._last
+        if not (self.every_n_steps and step % self.every_n_steps == 0):  # not reported yet
+            self.report(trainer, step, load)
+
+    def report(self, trainer, step: int, load: torch.Tensor) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {}
+        for i, row in enumerate(load):
+            metrics.update({f"routing/layer{i}/expert{e}": float(v) for e, v in enumerate(row)})
+            metrics[f"routing/layer{i}/imbalance"] = float(row.max() / row.mean())
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        if not self.heatmap:
+            return
+        path = Path(trainer.default_root_dir) / "routing" / f"load_step{step:06d}.png"
+        save_heatmap(load, path, title=f"expert load, step {step}")
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.log_image(key="routing/load", images=[str(path)], step=step)
+
+
+def save_heatmap(load: torch.Tensor, path: Path, title: str = "") -> Path:
+    """A layer x expert heat map of token fractions, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_layers, n_experts = load.shape
+    fig, ax = plt.subplots(figsize=(2.2 + 0.5 * n_experts, 1.2 + 0.4 * n_layers))
+    im = ax.imshow(load.numpy(), cmap="viridis", vmin=0, aspect="auto")
+    ax.set_xlabel("expert")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(n_experts))
+    ax.set_yticks(range(n_layers))
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="fraction of assignments")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

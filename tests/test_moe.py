@@ -1,0 +1,270 @@
+"""Mixture of experts: dispatch equals a plain loop, the aux loss matches Hugging Face's, balancing
+works, and a MoE model trains through the real CLI with its routing logged."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmlab.callbacks import RoutingMonitor
+from lmlab.model import Transformer
+from lmlab.model.moe import MoE, active_params, moe_layers
+from lmlab.module import LanguageModule
+from tests.conftest import ROOT, TINY, model_cfg
+
+MOE_TINY = ["model/ffn=moe", "model.vocab_size=256", *TINY]
+
+
+# ---- 1. dispatch equals a per-token, per-expert reference loop ------------------------------
+def reference_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+    """The MoE written the obvious way: route each token, run its chosen experts one by one,
+    dropping assignments past an expert's capacity (first choices first, then token order)."""
+    shape = x.shape
+    x = x.reshape(-1, shape[-1])
+    N = x.shape[0]
+    logits = x @ moe.router.weight.t()
+    scores = logits.softmax(-1) if moe.score == "softmax" else logits.sigmoid()
+    cap = math.ceil(moe.capacity_factor * N * moe.top_k / moe.n_experts) if moe.capacity_factor else N * moe.top_k
+    taken = [0] * moe.n_experts
+    rows = [torch.zeros(shape[-1]) for _ in range(N)]
+    choices = []
+    for n in range(N):
+        chosen = torch.topk(scores[n] + moe.expert_bias, moe.top_k).indices.tolist()
+        w = scores[n, chosen]
+        if moe.renormalize:
+            w = w / w.sum()
+        choices.append((chosen, w))
+    for j in range(moe.top_k):  # rank-major priority
+        for n in range(N):
+            e, w = choices[n][0][j], choices[n][1][j]
+            if taken[e] < cap:
+                taken[e] += 1
+                rows[n] = rows[n] + w * moe.experts[e](x[n:n + 1])[0][0]
+    out = torch.stack(rows)
+    if moe.shared is not None:
+        out = out + moe.shared(x)[0]
+    return out.reshape(shape)
+
+
+@pytest.mark.parametrize("expert,score,capacity,shared,bias_init", [
+    ("gelu", "softmax", None, 0, False),
+    ("swiglu", "softmax", None, 0, False),
+    ("gelu", "softmax", 0.5, 0, False),
+    ("swiglu", "sigmoid", 0.75, 1, True),
+    ("gelu", "softmax", None, 2, False),
+    ("gelu", "sigmoid", 1.0, 1, True),
+])
+def test_dispatch_matches_reference_loop(expert, score, capacity, shared, bias_init):
+    torch.manual_seed(0)
+    moe = MoE(16, n_experts=4, top_k=2, expert=expert, hidden_dim=24, n_shared=shared, score=score,
+              renormalize=score == "sigmoid", capacity_factor=capacity)
+    if bias_init:
+        moe.expert_bias.copy_(torch.tensor([0.3, -0.2, 0.0, 0.1]))
+    x = torch.randn(2, 12, 16)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(2, 12, 16)
+
+    y, _, stats = moe(x1)
+    y.backward(g)
+    grads = {n: p.grad.clone() for n, p in moe.named_parameters() if p.grad is not None}
+    moe.zero_grad()
+    y_ref = reference_moe(moe, x2)
+    y_ref.backward(g)
+
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-5)
+    for n, p in moe.named_parameters():
+        if p.grad is not None or n in grads:
+            torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-5, msg=n)
+    if capacity is None:
+        assert stats["dropped"] == 0
+    elif capacity < 1:
+        assert stats["dropped"] > 0  # the capacity limit bit, so the test covered dropping
+
+
+def test_capacity_drops_are_counted():
+    torch.manual_seed(0)
+    moe = MoE(8, n_experts=4, top_k=1, hidden_dim=8, capacity_factor=1.0)
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[0] = 1.0  # every token with a positive sum picks expert 0
+    x = torch.randn(40, 8).abs()  # all 40 want expert 0, capacity ceil(40 / 4) = 10
+    _, _, stats = moe(x)
+    assert stats["counts"].tolist() == [40, 0, 0, 0]
+    assert stats["dropped"].item() == pytest.approx(30 / 40)
+
+
+# ---- 2. the aux loss against transformers' Mixtral implementation ---------------------------
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_aux_loss_matches_transformers(top_k):
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    torch.manual_seed(0)
+    moe = MoE(16, n_experts=8, top_k=top_k, hidden_dim=8, aux_loss_coef=0.02)
+    with torch.no_grad():
+        moe.router.weight.mul_(20)  # an uneven router, so the loss is far from its minimum
+    x = torch.randn(64, 16)
+    _, losses, stats = moe(x)
+    hf = load_balancing_loss_func((moe.router(x),), num_experts=8, top_k=top_k)
+    # lmlab divides assignment counts by N * top_k, transformers by N: a factor top_k.
+    torch.testing.assert_close(stats["aux"] * top_k, hf)
+    torch.testing.assert_close(losses["moe_aux"], 0.02 * hf / top_k)
+    assert hf / top_k > 1.05  # uniform routing would give 1
+
+
+def test_aux_loss_over_layers_is_the_sum_of_per_layer_losses():
+    """transformers pools every layer's tokens into one loss; lmlab sums per-layer losses."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    torch.manual_seed(0)
+    model = Transformer(model_cfg([*MOE_TINY, "model.ffn.aux_loss_coef=0.01"]))
+    logits = []
+    hooks = [m.router.register_forward_hook(lambda mod, inp, out: logits.append(out))
+             for m in moe_layers(model).values()]
+    out = model(torch.randint(0, 256, (3, 16)))
+    for h in hooks:
+        h.remove()
+    assert len(logits) == 2
+    per_layer = sum(load_balancing_loss_func((lg,), num_experts=8, top_k=2) for lg in logits) / 2
+    torch.testing.assert_close(out.losses["moe_aux"], 0.01 * per_layer)
+    for i, lg in enumerate(logits):
+        torch.testing.assert_close(out.stats[f"layer{i}/aux"],
+                                   load_balancing_loss_func((lg,), num_experts=8, top_k=2) / 2)
+
+
+def test_z_loss_is_mean_squared_logsumexp():
+    torch.manual_seed(0)
+    moe = MoE(16, n_experts=4, top_k=2, hidden_dim=8, z_loss_coef=1e-3)
+    x = torch.randn(10, 16)
+    _, losses, _ = moe(x)
+    expected = 1e-3 * torch.logsumexp(moe.router(x), -1).pow(2).mean()
+    torch.testing.assert_close(losses["moe_z"], expected)
+
+
+def test_bias_is_used_for_selection_only_and_moves_against_load():
+    torch.manual_seed(0)
+    moe = MoE(8, n_experts=4, top_k=1, hidden_dim=8, score="sigmoid", renormalize=False,
+              bias_update_rate=0.1)
+    x = torch.randn(50, 8)
+    moe.expert_bias.copy_(torch.tensor([10.0, 0, 0, 0]))  # force expert 0
+    logits, _, choice, weights = moe.route(x)
+    assert (choice == 0).all()
+    torch.testing.assert_close(weights[:, 0], logits[:, 0].sigmoid())  # bias not in the weights
+    moe.update_bias(torch.tensor([50, 0, 0, 0]))
+    torch.testing.assert_close(moe.expert_bias, torch.tensor([9.9, 0.1, 0.1, 0.1]))
+    MoE(8, n_experts=4, hidden_dim=8).update_bias(torch.tensor([5, 0, 0, 0]))  # rate 0: no-op
+
+
+def test_bad_values_name_the_choices():
+    with pytest.raises(ValueError, match="ffn.expert: unknown 'relu'; valid choices: gelu, swiglu"):
+        MoE(8, expert="relu")
+    with pytest.raises(ValueError, match="ffn.score"):
+        MoE(8, score="tanh")
+    with pytest.raises(ValueError, match="ffn.top_k"):
+        MoE(8, n_experts=4, top_k=5)
+
+
+# ---- presets and parameter report -----------------------------------------------------------
+def test_active_params_count_top_k_of_the_routed_experts():
+    model = Transformer(model_cfg([*MOE_TINY, "model.ffn.n_shared=1"]))
+    moe = model.blocks[0].ffn
+    per_expert = sum(p.numel() for p in moe.experts[0].parameters())
+    assert active_params(model) == model.num_params() - 2 * (8 - 2) * per_expert
+    dense = Transformer(model_cfg(["model.vocab_size=256", *TINY]))
+    assert active_params(dense) == dense.num_params()
+
+
+def test_mixtral_preset():
+    model = Transformer(model_cfg(["model=mixtral", "model.vocab_size=256", *TINY]))
+    assert model.lm_head.weight is not model.tok_emb.weight
+    assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]
+    moe = model.blocks[0].ffn
+    assert isinstance(moe, MoE) and moe.n_experts == 8 and moe.top_k == 2
+    assert hasattr(moe.experts[0], "gate")  # SwiGLU experts
+    assert type(model.norm).__name__ == "RMSNorm"
+    out = model(torch.randint(0, 256, (2, 16)))
+    assert out.logits.shape == (2, 16, 256) and "moe_aux" in out.losses
+
+
+# ---- 3. balancing changes the load; training end to end -------------------------------------
+def skewed_run(ffn_overrides: list[str], steps: int = 30):
+    """Train a tiny MoE LM (sigmoid router scores, as DeepSeek-V3) whose routers start out
+    sending most tokens to experts 0 and 1; return the module and its final (layers, experts) load
+    on a fixed batch."""
+    torch.manual_seed(0)
+    cfg = model_cfg([*MOE_TINY, "model.ffn.score=sigmoid", "model.ffn.aux_loss_coef=0", *ffn_overrides])
+    module = LanguageModule(cfg, lr=3e-3, warmup_steps=1, max_steps=steps)
+    v = torch.zeros(32)
+    v[:4] = 1.0
+    with torch.no_grad():
+        for block in module.model.blocks:
+            block.norm2.bias.copy_(v)  # every token's FFN input leans along v ...
+            block.ffn.router.weight.normal_(0, 0.2)
+            block.ffn.router.weight[:2] += 0.5 * v  # ... which experts 0 and 1 favour
+    data = torch.randint(0, 256, (steps * 8, 17))
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[RoutingMonitor(every_n_steps=0, heatmap=False)])
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    with torch.no_grad():
+        stats = module.model(data[:32, :-1]).stats
+    return module, RoutingMonitor.load_matrix(stats)
+
+
+def test_balancing_spreads_a_skewed_router():
+    spread, modules = {}, {}
+    for name, overrides in [("none", []), ("aux", ["model.ffn.aux_loss_coef=0.1"]),
+                            ("loss_free", ["model.ffn.bias_update_rate=0.02"])]:
+        modules[name], load = skewed_run(overrides)
+        spread[name] = (load.max(-1).values / load.mean(-1)).mean().item()  # 1 uniform, 4 worst
+    assert spread["none"] > 3, spread  # without balancing the skew holds
+    assert spread["aux"] < 2, spread
+    assert spread["loss_free"] < 2, spread
+    # the loss-free run balanced through its selection bias, moved after each optimizer step
+    bias = modules["loss_free"].model.blocks[0].ffn.expert_bias
+    assert bias[:2].max() < 0 < bias[2:].max()
+    assert not modules["none"].model.blocks[0].ffn.expert_bias.any()
+
+
+def test_train_cli_logs_moe_losses_and_routing(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable, "train.py", "model/ffn=moe", "model.n_layers=2", "model.d_model=32",
+        "model.n_heads=2", "model.context_length=16", "data.batch_size=4", "trainer.max_steps=6",
+        "trainer.val_check_interval=3", "data.val_windows=4", "sample.max_new_tokens=5",
+        "trainer.log_every_n_steps=2", "callbacks.routing.every_n_steps=3", "logger=csv",
+        f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache_dir}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    aux = [float(r["train/moe_aux"]) for r in rows if r.get("train/moe_aux")]
+    assert aux and all(0 < a < 1 for a in aux)  # 2 layers x 0.01 x ~1
+    load = [[float(r[f"routing/layer1/expert{e}"]) for e in range(8)]
+            for r in rows if r.get("routing/layer1/expert0")]
+    assert len(load) == 2 and all(sum(row) == pytest.approx(1) for row in load)  # steps 3 and 6
+    assert any(r.get("routing/layer0/entropy") for r in rows)
+    assert sorted(p.name for p in (run_dir / "routing").glob("*.png")) == [
+        "load_step000003.png", "load_step000006.png"]
+    assert "active per token" in (run_dir / "cli.log").read_text()
+
+
+# ---- 4. the benchmark runs ------------------------------------------------------------------
+def test_benchmark_moe_section_prints_ratios():
+    cmd = [sys.executable, "scripts/benchmark.py", "--threads", "1", "moe", "--tokens", "256",
+           "--d-model", "32", "--repeats", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "naive / moe =" in out.stdout and "moe / dense =" in out.stdout
