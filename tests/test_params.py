@@ -25,3 +25,22 @@ def test_flops_per_token_counts_the_head_but_not_lookups():
     m = build_on_meta(["model=gpt2"])
     n = m.num_params() - m.position.table.weight.numel()  # tied head is a matmul; wpe a lookup
     assert m.flops_per_token() == 6 * n + 12 * 12 * 1024 * 768
+
+
+def test_every_position_kind_survives_moving_the_model():
+    """Lightning moves and casts the model (Module._apply); no component may shadow that."""
+    for pos in ("none", "learned", "sinusoidal", "rope", "alibi"):
+        m = Transformer(model_cfg(["model.n_layers=1", "model.d_model=32", "model.vocab_size=64",
+                                   f"model/position={pos}"]))
+        m.to("cpu").double()
+        assert m(torch.zeros(1, 4, dtype=torch.long)).logits.dtype == torch.float64
+
+
+def test_moe_flops_count_only_the_active_experts():
+    from lmlab.model.moe import active_params
+
+    m = build_on_meta(["model=mixtral"])
+    assert active_params(m) < m.num_params()
+    n = active_params(m)  # untied: the head is a matmul, the embedding a lookup
+    expected = 6 * (n - m.tok_emb.weight.numel()) + 12 * m.cfg["n_layers"] * m.context_length * m.cfg["d_model"]
+    assert m.flops_per_token() == expected

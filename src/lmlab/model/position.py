@@ -133,7 +133,7 @@ class RoPE(Position):
         return angles.cos() * self.mscale, angles.sin() * self.mscale
 
     @staticmethod
-    def _apply(x, cos, sin):
+    def _rotate(x, cos, sin):
         x1, x2 = x.chunk(2, dim=-1)
         rotated = torch.cat([-x2, x1], dim=-1)
         return (x.float() * cos + rotated.float() * sin).type_as(x)
@@ -141,7 +141,7 @@ class RoPE(Position):
     def rotate(self, q, k, q_pos, k_pos):
         qc, qs = self._cos_sin(q_pos)
         kc, ks = self._cos_sin(k_pos)
-        return self._apply(q, qc, qs), self._apply(k, kc, ks)
+        return self._rotate(q, qc, qs), self._rotate(k, kc, ks)
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:

@@ -135,11 +135,13 @@ class Transformer(nn.Module):
     def flops_per_token(self) -> int:
         """Training FLOPs per token (forward + backward): 6N + 12 * L * T * d (Kaplan et al. 2020,
         PaLM appendix B), with N the parameters used in matmuls: embedding tables that are only
-        looked up are left out, a tied LM head is counted."""
+        looked up are left out, a tied LM head is counted, and for MoE only the active experts."""
+        from lmlab.model.moe import active_params
+
         lookups = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
         if self.lm_head.weight is self.tok_emb.weight:
             lookups -= self.tok_emb.weight.numel()
-        n = self.num_params() - lookups
+        n = active_params(self) - lookups
         return 6 * n + 12 * len(self.blocks) * self.context_length * self.cfg["d_model"]
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ModelOutput]:
