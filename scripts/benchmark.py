@@ -14,6 +14,7 @@ import time
 import torch
 from torch import nn
 
+from lmlab.hardware import fast_precision
 from lmlab.model.ffn import DenseFFN
 from lmlab.model.moe import MoE
 
@@ -81,7 +82,70 @@ def cmd_moe(args) -> None:
           f"  (target <= 1.5)")
 
 
+# ---- train ----------------------------------------------------------------------------------
+def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
+    """Measured FLOP/s of an n x n matmul in ``dtype`` on this machine: the MFU denominator,
+    measured in the same run rather than taken from a data sheet."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    t = bench({"mm": lambda: a @ b}, repeats)["mm"]
+    return 2 * n**3 / t
+
+
+def cmd_train(args) -> None:
+    """Training-step throughput of a composed model, in fp32 and bf16 autocast, with MFU against
+    the matmul peak of the same precision measured in the same run."""
+    import torch.nn.functional as F
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import lmlab.cli  # noqa: F401  (config resolvers)
+    from lmlab.model import Transformer
+
+    conf = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "conf")
+    with initialize_config_dir(os.path.abspath(conf), version_base="1.3"):
+        cfg = compose("train", overrides=args.overrides)
+    torch.manual_seed(0)
+    model = Transformer(OmegaConf.to_container(cfg.model, resolve=True))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    B, T = args.batch, model.context_length
+    x = torch.randint(0, model.cfg["vocab_size"], (B, T + 1))
+
+    def step(bf16: bool):
+        def run():
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                logits = model(x[:, :-1]).logits
+            F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return run
+
+    flops = model.flops_per_token() * B * T
+    print(f"training step: {' '.join(args.overrides) or 'default model'}, {model.num_params():,} "
+          f"parameters, batch {B} x {T} tokens, {torch.get_num_threads()} threads, median of "
+          f"{args.repeats}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    results = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name == "bf16" and args.skip_bf16:
+            continue
+        peak = matmul_peak(dtype)
+        t = bench({name: step(name == "bf16")}, args.repeats, warmup=1)[name]
+        results[name] = t
+        print(f"  {name}: {t * 1e3:8.1f} ms/step  {B * T / t:9.0f} tokens/s  "
+              f"{flops / t / 1e9:7.1f} GFLOP/s  matmul peak {peak / 1e9:7.1f} GFLOP/s  "
+              f"MFU {flops / t / peak:6.1%}")
+    if len(results) == 2:
+        print(f"  bf16 / fp32 step time: {results['bf16'] / results['fp32']:.2f}x "
+              f"(precision auto picks {'bf16-mixed' if results['bf16'] < results['fp32'] else '32-true'}"
+              f" by that measure; lmlab.hardware.fast_precision() says {fast_precision()})")
+
+
 SECTIONS = {
+    "train": (cmd_train, "training-step tokens/s and MFU of a composed model, fp32 and bf16", [
+        ("overrides", dict(nargs="*", help="config overrides, e.g. model=llama model.n_layers=2")),
+        ("--batch", dict(type=int, default=16)),
+        ("--repeats", dict(type=int, default=3)),
+        ("--skip-bf16", dict(action="store_true", help="bf16 is emulated (slow) without AVX512-BF16/AMX")),
+    ]),
     "moe": (cmd_moe, "MoE layer vs a naive masked loop and an equal-active dense FFN", [
         ("--tokens", dict(type=int, default=4096)),
         ("--d-model", dict(type=int, default=256)),
