@@ -136,6 +136,21 @@ def test_report_groups_seeds_and_shows_running_jobs(tmp_path):
     assert "## Running jobs" in report and "step 3, val loss 4.0000" in report
 
 
+def test_report_labels_arms_of_a_sweep_that_has_just_started(tmp_path):
+    """One job so far: the arm is still named by what the sweep varies (from multirun.yaml)."""
+    sweep, job = tmp_path / "s", tmp_path / "s" / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "overrides": {"task": ["+experiment/moe_arms=dense,moe", "seed=0", "trainer.max_steps=4"]},
+        "sweeper": {"params": None}}}))
+    (job / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump(["+experiment/moe_arms=dense", "seed=0", "trainer.max_steps=4"]))
+    (job / "metrics.json").write_text(json.dumps({"status": "failed", "error": "ValueError: bad"}))
+    report = make_report(sweep).read_text()
+    assert [r["arm"] for r in table_rows(report)] == ["+experiment/moe_arms=dense"]
+    assert "- job 0 (`+experiment/moe_arms=dense`): ValueError: bad" in report
+
+
 # --- 2. W&B offline: one run per job, config and metrics readable back ------------------------
 
 def wandb_records(path: Path) -> list:

@@ -46,6 +46,10 @@ class Arm:
     jobs: list[Job]
 
 
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def _job_sort_key(p: Path):
     return (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name)
 
@@ -91,13 +95,38 @@ def varied_keys(jobs: list[Job]) -> list[str]:
     return [k for k in keys if len({m.get(k) for m in maps}) > 1]
 
 
-def group_arms(jobs: list[Job]) -> tuple[list[Arm], list[str], list[str]]:
-    """(arms, varied keys, overrides common to all jobs)."""
-    varied = varied_keys(jobs)
+SWEEP_FUNCTIONS = ("choice(", "range(", "interval(", "tag(", "glob(")
+
+
+def swept_keys(sweep_dir: Path) -> set[str]:
+    """Keys the sweep was asked to vary (its multirun.yaml: hydra.sweeper.params and the command
+    line's ``key=a,b`` sweeps), so the arms of a running sweep are labelled before all have run."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return set()
+    try:
+        hydra_cfg = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
+    except yaml.YAMLError:
+        return set()
+    keys = {str(k).lstrip("+~") for k in ((hydra_cfg.get("sweeper") or {}).get("params") or {})}
+    for o in (hydra_cfg.get("overrides") or {}).get("task") or []:
+        key, _, value = str(o).partition("=")
+        if "," in value or value.startswith(SWEEP_FUNCTIONS):
+            keys.add(key.lstrip("+~"))
+    return keys
+
+
+def group_arms(jobs: list[Job], swept: set[str] = frozenset()) -> tuple[list[Arm], list[str], list[str]]:
+    """(arms, varied keys, overrides common to all jobs). ``swept``: keys the sweep varies."""
+    differing = varied_keys(jobs)
+    present = {k for j in jobs for k in j.override_map()}
+    varied = [k for j in jobs for k in j.override_map() if k in present and
+              (k in differing or k in swept)]
+    varied = list(dict.fromkeys(varied))
     arms: dict[str, Arm] = {}
     for j in jobs:
-        m = j.override_map()
-        label = " ".join(f"{k}={m[k]}" for k in varied if k not in SEED_KEYS and k in m) or "(all)"
+        label = " ".join(o for o in j.overrides if _key(o) in varied and _key(o) not in SEED_KEYS)
+        label = label or "(all)"
         arms.setdefault(label, Arm(label, [])).jobs.append(j)
     common = [o for o in (jobs[0].overrides if jobs else [])
               if o.lstrip("+~").split("=", 1)[0] not in varied]
@@ -184,6 +213,14 @@ def plot_curves(arms: list[Arm], path: Path) -> bool:
     return True
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (shorter, and portable)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write ``report.md`` and ``val_loss.png`` for the sweep in ``sweep_dir``; return report.md."""
     sweep_dir = Path(sweep_dir)
@@ -192,14 +229,14 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     out = Path(out_dir) if out_dir else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     jobs = load_jobs(sweep_dir)
-    arms, varied, common = group_arms(jobs)
+    arms, varied, common = group_arms(jobs, swept_keys(sweep_dir))
     rows = [arm_row(a) for a in arms]
     n_status: dict[str, int] = {}
     for j in jobs:
         n_status[j.status] = n_status.get(j.status, 0) + 1
     parts = [
         f"# Sweep report: {sweep_dir.name if sweep_dir.name else sweep_dir}\n",
-        f"Sweep directory: `{sweep_dir}`  \n"
+        f"Sweep directory: `{_shown(sweep_dir)}`  \n"
         f"Jobs: {len(jobs)} ({', '.join(f'{n} {s}' for s, n in n_status.items()) or 'none'})  \n"
         f"Varied: {', '.join(f'`{k}`' for k in varied) or 'nothing'}  \n"
         f"Common overrides: {' '.join(f'`{o}`' for o in common) or 'none'}\n",
@@ -209,18 +246,22 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     ]
     if plot_curves(arms, out / "val_loss.png"):
         parts.append("![validation loss per arm](val_loss.png)\n")
+    def arm_of(j: Job) -> str:
+        return " ".join(o for o in j.overrides if o.lstrip("+~").split("=")[0] in varied)
+
     failed = [j for j in jobs if j.status == "failed"]
     if failed:
         parts.append("## Failed jobs\n")
-        parts += [f"- job {j.num} (`{' '.join(o for o in j.overrides if o.split('=')[0] in varied)}`): "
-                  f"{j.metrics.get('error', 'unknown error')}" for j in failed]
+        parts += [f"- job {j.num} (`{arm_of(j)}`): {j.metrics.get('error', 'unknown error')}"
+                  for j in failed]
         parts.append("")
     running = [j for j in jobs if j.status == "running"]
     if running:
         parts.append("## Running jobs\n")
-        parts += [f"- job {j.num} (`{' '.join(o for o in j.overrides if o.split('=')[0] in varied)}`): "
-                  f"{'step ' + str(j.curve[-1][0]) + ', val loss ' + format(j.curve[-1][1], '.4f') if j.curve else 'no validation yet'}"
-                  for j in running]
+        for j in running:
+            last = (f"step {j.curve[-1][0]}, val loss {j.curve[-1][1]:.4f}" if j.curve
+                    else "no validation yet")
+            parts.append(f"- job {j.num} (`{arm_of(j)}`): {last}")
         parts.append("")
     path = out / "report.md"
     path.write_text("\n".join(parts))
