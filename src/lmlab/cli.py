@@ -85,6 +85,28 @@ class DivergenceGuard(L.Callback):
             raise Diverged(f"non-finite training loss ({float(loss):.4g}) at step {trainer.global_step}")
 
 
+class ThroughputMeter(L.Callback):
+    """Training tokens per second over the whole run: tokens of all training batches but the first
+    (warm-up) over their summed step times, validation and checkpointing excluded. Steadier than
+    the per-step ``train/tokens_per_s`` the module logs."""
+
+    def __init__(self):
+        self.tokens, self.seconds, self._t0, self._batches = 0, 0.0, None, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._batches += 1
+        if self._t0 is not None and self._batches > 1:
+            self.seconds += time.perf_counter() - self._t0
+            self.tokens += (batch.shape[1] - 1) * batch.shape[0] * trainer.world_size
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds > 0 else None
+
+
 def _hydra_job() -> dict:
     """What Hydra knows about this job: mode, overrides, the sweep's varied overrides, job number.
     Empty outside a Hydra app (e.g. when run_training is called from a test or a notebook)."""
@@ -99,7 +121,8 @@ def _hydra_job() -> dict:
             "variant": overrides, "job_num": hc.job.get("num"), "sweep_dir": None}
     if info["multirun"]:
         info["sweep_dir"] = str(hc.sweep.dir)
-        info["variant"] = [o for o in overrides if _key(o) in _swept_keys(hc)]
+        swept = _swept_keys(hc)
+        info["variant"] = [o for o in overrides if _key(o) in swept]
     return info
 
 
@@ -110,7 +133,7 @@ def _key(override: str) -> str:
 def _swept_keys(hc) -> set[str]:
     """Keys the sweep varies: those of hydra.sweeper.params and the command line's sweeps
     (``a=1,2``, ``choice(..)``, ``range(..)``, ``interval(..)``), read from the sweep's multirun.yaml."""
-    keys = {k for k in (hc.sweeper.get("params") or {})}
+    keys = {_key(str(k)) for k in (hc.sweeper.get("params") or {})}
     try:
         mr = OmegaConf.load(Path(str(hc.sweep.dir)) / "multirun.yaml")
         for o in mr.hydra.overrides.task:
@@ -198,7 +221,8 @@ def run_training(cfg: DictConfig) -> dict:
 
 def _fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_dir: Path) -> dict:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    callbacks.append(DivergenceGuard())
+    meter = ThroughputMeter()
+    callbacks += [DivergenceGuard(), meter]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -208,7 +232,7 @@ def _fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_d
     metrics = dict(record, status="completed", params=m.num_params(), active_params=active,
                    flops_per_token=m.flops_per_token(), steps=trainer.global_step,
                    train_time_s=time.perf_counter() - t0)
-    tps = trainer.callback_metrics.get("train/tokens_per_s")
+    tps = meter.tokens_per_s or trainer.callback_metrics.get("train/tokens_per_s")
     if tps is not None:
         metrics["tokens_per_s"] = float(tps)
     last_val = trainer.callback_metrics.get("val/loss")

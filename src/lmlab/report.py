@@ -138,8 +138,8 @@ def stat(values: list[float], fmt: str) -> str:
     if not values:
         return "—"
     mean = statistics.fmean(values)
-    if len(values) == 1:
-        return format(mean, fmt)
+    if len(set(values)) == 1:
+        return format(values[0], fmt)
     return f"{format(mean, fmt)} ± {format(statistics.stdev(values), fmt)}"
 
 
