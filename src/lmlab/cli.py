@@ -219,6 +219,15 @@ def run_training(cfg: DictConfig) -> dict:
     return metrics
 
 
+def _active_params(model) -> int:
+    """Parameters used per token: all of them unless the model routes tokens (MoE)."""
+    try:
+        from lmlab.model.moe import active_params
+    except ImportError:
+        return model.num_params()
+    return active_params(model)
+
+
 def _fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_dir: Path) -> dict:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     meter = ThroughputMeter()
@@ -228,7 +237,7 @@ def _fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_d
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     m = module.model
-    active = m.num_active_params() if hasattr(m, "num_active_params") else m.num_params()
+    active = _active_params(m)
     metrics = dict(record, status="completed", params=m.num_params(), active_params=active,
                    flops_per_token=m.flops_per_token(), steps=trainer.global_step,
                    train_time_s=time.perf_counter() - t0)
