@@ -1,0 +1,285 @@
+"""Compare the arms of a sweep: ``python -m lmlab.report outputs/multirun/<date>/<time>``.
+
+Reads each job directory of the sweep (``<job>/.hydra/overrides.yaml``, ``<job>/metrics.json``
+written by ``train.py``, ``<job>/csv/metrics.csv`` written by the CSV logger) and writes
+``report.md`` and ``val_loss.png`` into the sweep directory. Jobs that differ only in ``seed`` are
+one arm: their numbers are shown as mean ± std over the seeds. Works on a running sweep too: a job
+without a final ``metrics.json`` is shown as running, with the validation curve it has so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SEED_KEYS = ("seed",)
+
+
+@dataclass
+class Job:
+    num: str
+    path: Path
+    overrides: list[str]
+    metrics: dict
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, val/loss)
+
+    @property
+    def status(self) -> str:
+        if "status" in self.metrics:
+            return self.metrics["status"]
+        return "completed" if "val_loss" in self.metrics else "running"  # older metrics.json
+
+    def override_map(self) -> dict[str, str]:
+        return dict(o.lstrip("+~").split("=", 1) if "=" in o else (o, "") for o in self.overrides)
+
+
+@dataclass
+class Arm:
+    label: str  # the arm's own overrides (those that vary across the sweep, seed aside)
+    jobs: list[Job]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _job_sort_key(p: Path):
+    return (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name)
+
+
+def read_curve(job_dir: Path) -> list[tuple[int, float]]:
+    """The validation losses logged during training, one per step (the CSV logger's file)."""
+    path = job_dir / "csv" / "metrics.csv"
+    if not path.is_file():
+        return []
+    curve: dict[int, float] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            v, step = row.get("val/loss"), row.get("step")
+            if v and step:
+                curve.setdefault(int(float(step)), float(v))  # the first: training-time validation
+    return sorted(curve.items())
+
+
+def load_jobs(sweep_dir: Path) -> list[Job]:
+    jobs = []
+    for d in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir()), key=_job_sort_key):
+        ov_file, m_file = d / ".hydra" / "overrides.yaml", d / "metrics.json"
+        if not ov_file.is_file() and not m_file.is_file():
+            continue  # not a job directory
+        metrics = {}
+        if m_file.is_file():
+            try:
+                metrics = json.loads(m_file.read_text())
+            except json.JSONDecodeError:
+                metrics = {}
+        overrides = (yaml.safe_load(ov_file.read_text()) if ov_file.is_file() else None) or \
+            metrics.get("overrides", [])
+        jobs.append(Job(d.name, d, [str(o) for o in overrides], metrics, read_curve(d)))
+    return jobs
+
+
+def varied_keys(jobs: list[Job]) -> list[str]:
+    """Override keys whose value is not the same in every job, in command-line order."""
+    maps = [j.override_map() for j in jobs]
+    keys: list[str] = []
+    for m in maps:
+        keys += [k for k in m if k not in keys]
+    return [k for k in keys if len({m.get(k) for m in maps}) > 1]
+
+
+SWEEP_FUNCTIONS = ("choice(", "range(", "interval(", "tag(", "glob(")
+
+
+def swept_keys(sweep_dir: Path) -> set[str]:
+    """Keys the sweep was asked to vary (its multirun.yaml: hydra.sweeper.params and the command
+    line's ``key=a,b`` sweeps), so the arms of a running sweep are labelled before all have run."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return set()
+    try:
+        hydra_cfg = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
+    except yaml.YAMLError:
+        return set()
+    keys = {str(k).lstrip("+~") for k in ((hydra_cfg.get("sweeper") or {}).get("params") or {})}
+    for o in (hydra_cfg.get("overrides") or {}).get("task") or []:
+        key, _, value = str(o).partition("=")
+        if "," in value or value.startswith(SWEEP_FUNCTIONS):
+            keys.add(key.lstrip("+~"))
+    return keys
+
+
+def group_arms(jobs: list[Job], swept: set[str] = frozenset()) -> tuple[list[Arm], list[str], list[str]]:
+    """(arms, varied keys, overrides common to all jobs). ``swept``: keys the sweep varies."""
+    differing = varied_keys(jobs)
+    present = {k for j in jobs for k in j.override_map()}
+    varied = [k for j in jobs for k in j.override_map() if k in present and
+              (k in differing or k in swept)]
+    varied = list(dict.fromkeys(varied))
+    arms: dict[str, Arm] = {}
+    for j in jobs:
+        label = " ".join(o for o in j.overrides if _key(o) in varied and _key(o) not in SEED_KEYS)
+        label = label or "(all)"
+        arms.setdefault(label, Arm(label, [])).jobs.append(j)
+    common = [o for o in (jobs[0].overrides if jobs else [])
+              if o.lstrip("+~").split("=", 1)[0] not in varied]
+    return list(arms.values()), varied, common
+
+
+def stat(values: list[float], fmt: str) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    if len(set(values)) == 1:
+        return format(values[0], fmt)
+    return f"{format(mean, fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def arm_status(arm: Arm) -> str:
+    counts: dict[str, int] = {}
+    for j in arm.jobs:
+        counts[j.status] = counts.get(j.status, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
+def arm_row(arm: Arm) -> dict[str, str]:
+    done = [j.metrics for j in arm.jobs if j.status == "completed"]
+
+    def col(key, fmt, fallback=None):
+        return stat([m.get(key, m.get(fallback) if fallback else None) for m in done], fmt)
+
+    seeds = [str(j.override_map().get("seed", j.metrics.get("seed", "default"))) for j in arm.jobs]
+    return {
+        "arm": arm.label,
+        "seeds": ",".join(seeds),
+        "status": arm_status(arm),
+        "params": col("params", ",.0f"),
+        "active params": col("active_params", ",.0f", fallback="params"),
+        "tokens/s": col("tokens_per_s", ",.0f"),
+        "steps": col("steps", ".0f"),
+        "final val loss": col("final_val_loss", ".4f", fallback="val_loss"),
+        "final val ppl": col("final_val_ppl", ".2f", fallback="val_ppl"),
+        "best val loss": col("best_val_loss", ".4f", fallback="val_loss"),
+        "best val ppl": col("best_val_ppl", ".2f", fallback="val_ppl"),
+    }
+
+
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return "(no jobs)\n"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(r[c].replace("|", "\\|") for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(arms: list[Arm], path: Path) -> bool:
+    """Validation loss against step, one colour per arm, one line per seed; False if no data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not any(j.curve for a in arms for j in a.jobs):
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=80)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, arm in enumerate(arms):
+        labelled = False
+        for j in arm.jobs:
+            if not j.curve:
+                continue
+            steps, losses = zip(*j.curve)
+            style = "--" if j.status != "completed" else "-"
+            ax.plot(steps, losses, style, color=colors[i % len(colors)], marker=".",
+                    label=None if labelled else arm.label, alpha=0.9)
+            labelled = True
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss")
+    ax.set_title("validation loss per arm (dashed: running or failed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (shorter, and portable)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write ``report.md`` and ``val_loss.png`` for the sweep in ``sweep_dir``; return report.md."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"no such sweep directory: {sweep_dir}")
+    out = Path(out_dir) if out_dir else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = load_jobs(sweep_dir)
+    arms, varied, common = group_arms(jobs, swept_keys(sweep_dir))
+    rows = [arm_row(a) for a in arms]
+    n_status: dict[str, int] = {}
+    for j in jobs:
+        n_status[j.status] = n_status.get(j.status, 0) + 1
+    parts = [
+        f"# Sweep report: {sweep_dir.name if sweep_dir.name else sweep_dir}\n",
+        f"Sweep directory: `{_shown(sweep_dir)}`  \n"
+        f"Jobs: {len(jobs)} ({', '.join(f'{n} {s}' for s, n in n_status.items()) or 'none'})  \n"
+        f"Varied: {', '.join(f'`{k}`' for k in varied) or 'nothing'}  \n"
+        f"Common overrides: {' '.join(f'`{o}`' for o in common) or 'none'}\n",
+        "One row per arm; numbers are mean ± std over the arm's completed seeds. Final: the last "
+        "validation during training; best: the best checkpoint's validation loss.\n",
+        markdown_table(rows),
+    ]
+    if plot_curves(arms, out / "val_loss.png"):
+        parts.append("![validation loss per arm](val_loss.png)\n")
+    def arm_of(j: Job) -> str:
+        return " ".join(o for o in j.overrides if o.lstrip("+~").split("=")[0] in varied)
+
+    failed = [j for j in jobs if j.status == "failed"]
+    if failed:
+        parts.append("## Failed jobs\n")
+        parts += [f"- job {j.num} (`{arm_of(j)}`): {j.metrics.get('error', 'unknown error')}"
+                  for j in failed]
+        parts.append("")
+    running = [j for j in jobs if j.status == "running"]
+    if running:
+        parts.append("## Running jobs\n")
+        for j in running:
+            last = (f"step {j.curve[-1][0]}, val loss {j.curve[-1][1]:.4f}" if j.curve
+                    else "no validation yet")
+            parts.append(f"- job {j.num} (`{arm_of(j)}`): {last}")
+        parts.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m lmlab.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep_dir", help="a multirun directory, e.g. outputs/multirun/<date>/<time>")
+    p.add_argument("--out", default=None, help="where to write report.md and plots (default: sweep_dir)")
+    args = p.parse_args(argv)
+    try:
+        path = make_report(args.sweep_dir, args.out)
+    except FileNotFoundError as err:
+        raise SystemExit(f"lmlab.report: error: {err}")
+    print(path.read_text())
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
