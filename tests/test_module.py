@@ -1,0 +1,67 @@
+import math
+
+import pytest
+import torch
+
+from lmlab.module import LanguageModule, warmup_cosine
+from tests.conftest import TINY, model_cfg
+
+
+def test_warmup_then_cosine_to_the_floor():
+    f = lambda s: warmup_cosine(s, warmup=10, total=110, min_ratio=0.1)  # noqa: E731
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the decay
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(10, 120))
+
+
+def test_weight_decay_only_on_matrices():
+    module = LanguageModule(model_cfg(TINY + ["model.vocab_size=64"]), weight_decay=0.1)
+    opt = module.configure_optimizers()["optimizer"]
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"])
+    assert all(p.dim() < 2 for p in plain["params"]) and plain["params"]  # biases, norm weights
+    n = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n == module.model.num_params()  # every parameter once, the tied head included
+
+
+def test_aux_losses_are_added_to_the_objective():
+    """The loss Lightning backpropagates is cross-entropy plus the model's aux losses."""
+    import lightning as L
+
+    seen = {}
+
+    class Capture(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen["batch"] = batch
+
+        def on_before_backward(self, trainer, module, loss):
+            with torch.no_grad():
+                ce, out = module._step(seen["batch"])
+            seen.update(loss=loss.item(), ce=ce.item(), aux=out.losses)
+
+    torch.manual_seed(0)
+    module = LanguageModule(model_cfg(TINY + ["model.vocab_size=64", "model/ffn=moe"]))
+    data = torch.utils.data.DataLoader(torch.randint(0, 64, (4, 17)), batch_size=2)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, accelerator="cpu",
+                        callbacks=[Capture()], enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, data)
+    assert set(seen["aux"]) == {"moe_aux"} and seen["aux"]["moe_aux"] > 0
+    assert seen["loss"] == pytest.approx(seen["ce"] + seen["aux"]["moe_aux"].item(), rel=1e-6)
+    assert seen["loss"] != pytest.approx(seen["ce"], rel=1e-6)
+    assert "train/moe_aux" in trainer.callback_metrics
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    import lightning as L
+
+    module = LanguageModule(model_cfg(TINY + ["model.vocab_size=64", "model/position=rope"]))
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, accelerator="cpu")
+    trainer.strategy.connect(module)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    back = LanguageModule.load_from_checkpoint(path, weights_only=True, map_location="cpu")
+    x = torch.randint(0, 64, (1, 8))
+    assert torch.equal(back(x).logits, module(x).logits)
+    assert math.isfinite(back(x).logits.sum().item())
