@@ -14,7 +14,7 @@ import time
 import torch
 from torch import nn
 
-from lmlab.hardware import cpu_has_native_bf16, fast_precision
+from lmlab.hardware import cpu_has_native_bf16, fast_precision, reuse_freed_memory
 from lmlab.model.ffn import DenseFFN
 from lmlab.model.moe import MoE
 
@@ -169,6 +169,7 @@ def main(argv=None) -> None:
             p.add_argument(flag, **kw)
         p.set_defaults(fn=fn)
     args = parser.parse_args(argv)
+    reuse_freed_memory()  # as train.py does
     if args.threads:
         torch.set_num_threads(args.threads)
     args.fn(args)

@@ -257,7 +257,7 @@ def test_train_cli_logs_moe_losses_and_routing(tmp_path, cache_dir):
     assert any(r.get("routing/layer0/entropy") for r in rows)
     assert sorted(p.name for p in (run_dir / "routing").glob("*.png")) == [
         "load_step000003.png", "load_step000006.png"]
-    assert "active per token" in (run_dir / "cli.log").read_text()
+    assert "active per token" in (run_dir / "train.log").read_text()
 
 
 # ---- 4. the benchmark runs ------------------------------------------------------------------

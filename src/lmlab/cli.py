@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.hardware import fast_precision
+from lmlab.hardware import fast_precision, reuse_freed_memory
 from lmlab.model.moe import active_params
 
 log = logging.getLogger("lmlab")
@@ -298,6 +298,8 @@ def train(cfg: DictConfig) -> float | None:
     metrics.json and returns NaN so the other jobs go on (Hydra's sweepers would otherwise raise
     the first failure and stop); a single run fails with a one-line error or the traceback."""
     torch.set_float32_matmul_precision("high")
+    if cfg.get("reuse_freed_memory", True):
+        reuse_freed_memory()
     try:
         metrics = run_training(cfg)
     except Exception as err:
