@@ -93,10 +93,14 @@ def test_unknown_model_names_the_valid_options(tmp_path):
     assert "gpt2" in proc.stderr and "tiny" in proc.stderr  # the available options are listed
 
 
-def test_unknown_config_key_is_refused(tmp_path):
-    proc = run("train.py", "model.n_layer=3", f"hydra.run.dir={tmp_path}", check=False)
+def test_unknown_config_key_names_the_valid_keys(tmp_path):
+    proc = run("train.py", "model=llama", "model.n_layer=3", f"hydra.run.dir={tmp_path}", check=False)
     assert proc.returncode != 0
-    assert "Could not override 'model.n_layer'" in proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lmlab: error: unknown config key 'model.n_layer'")
+    assert "did you mean 'model.n_layers'?" in err[0] and "norm_placement" in err[0]
+    nested = run("train.py", "model/attention=gqa", "model.attention.windw=8", check=False)
+    assert "did you mean 'model.attention.window'?" in nested.stderr
 
 
 def test_missing_text_file_is_one_line_before_any_model(tmp_path):
