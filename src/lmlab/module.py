@@ -7,7 +7,6 @@ import time
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from lmlab.model.moe import MoE
@@ -47,10 +46,7 @@ class LanguageModule(L.LightningModule):
         return self.model(idx)
 
     def _step(self, batch: torch.Tensor):
-        idx, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
-        out = self.model(idx)
-        ce = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
-        return ce, out
+        return self.model.loss(batch[:, :-1], batch[:, 1:])  # inputs, targets: (B, T) each
 
     def training_step(self, batch, batch_idx):
         ce, out = self._step(batch)

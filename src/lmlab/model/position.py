@@ -35,8 +35,6 @@ class Position(nn.Module):
         return None
 
 
-NoPosition = Position
-
 
 class Learned(Position):
     """GPT-2's learned absolute position table: ``max_positions`` rows (default: context_length).
