@@ -16,7 +16,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.hardware import fast_precision, reuse_freed_memory
-from lmlab.model.moe import active_params
 
 log = logging.getLogger("lmlab")
 if not OmegaConf.has_resolver("eval"):
@@ -57,7 +56,7 @@ def build_module(cfg: DictConfig):
 
 def describe(module) -> str:
     m = module.model
-    active = active_params(m)
+    active = m.active_params()
     params = f"{m.num_params():,} parameters" + (
         f" ({active:,} active per token)" if active != m.num_params() else "")
     return f"model: {params}, {m.flops_per_token() / 1e6:,.1f} MFLOPs per token (training)"
@@ -231,7 +230,7 @@ def _fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_d
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     m = module.model
-    metrics = dict(record, status="completed", params=m.num_params(), active_params=active_params(m),
+    metrics = dict(record, status="completed", params=m.num_params(), active_params=m.active_params(),
                    flops_per_token=m.flops_per_token(), steps=trainer.global_step,
                    world_size=trainer.world_size, train_time_s=time.perf_counter() - t0)
     if trainer.world_size > 1:  # identical on every rank when DDP kept the replicas in sync
