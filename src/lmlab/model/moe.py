@@ -77,7 +77,9 @@ class MoE(nn.Module):
         check_choice("model.ffn.expert", expert, EXPERTS)
         check_choice("model.ffn.score", score, SCORES)
         if not 1 <= top_k <= n_experts:
-            raise ValueError(f"model.ffn.top_k: {top_k} must be between 1 and model.ffn.n_experts={n_experts}")
+            raise ValueError(
+                f"model.ffn.top_k: {top_k} must be between 1 and model.ffn.n_experts={n_experts}"
+            )
         if capacity_factor is not None and capacity_factor <= 0:
             raise ValueError(
                 f"model.ffn.capacity_factor: {capacity_factor} must be positive or null (dropless)"

@@ -122,7 +122,8 @@ class RoPE(Position):
         super().__init__()
         if head_dim % 2:
             raise ValueError(
-                f"model.position=rope needs an even head size, got head_dim={head_dim} (model.d_model / model.n_heads)"
+                f"model/position=rope needs an even head size, got head_dim={head_dim} "
+                f"(model.d_model / model.n_heads)"
             )
         check_choice("model.position.scaling", scaling, self.SCALINGS)
         self.scaling, self.base = scaling, base

@@ -22,7 +22,8 @@ from lmlab.model.moe import MoE
 @dataclass
 class ModelOutput:
     logits: torch.Tensor  # (B, T, vocab)
-    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # named, weighted, summed over layers
+    # named, weighted auxiliary losses (MoE balancing), each summed over layers
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def build(spec: dict, **dims):
