@@ -10,7 +10,6 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.callbacks import Diverged, DivergenceGuard, ThroughputMeter
