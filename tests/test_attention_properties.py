@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from lmlab.kv_cache import KVCache
 from lmlab.model import Transformer
 from lmlab.model.position import RoPE, alibi_slopes
 from tests.conftest import TINY, model_cfg
@@ -129,12 +130,12 @@ def test_kv_cache_decoding_equals_full_recomputation(position, window, kernel):
                    f"model.attention.window={window or 'null'}"])
     idx = tokens(14)
     full = logits(model, idx)
-    caches = [{} for _ in model.blocks]
+    caches = KVCache.for_model(model, 32)
     steps = [logits(model, idx[:, :5], caches)]  # the prompt
     steps.append(logits(model, idx[:, 5:8], caches))  # a chunk of three
     steps += [logits(model, idx[:, t : t + 1], caches) for t in range(8, 14)]  # one at a time
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
-    assert caches[0]["k"].shape == (2, 2, 14, 8)
+    assert caches.layers[0].keys.shape == (2, 2, 14, 8)
 
 
 @pytest.mark.parametrize("kernel", ["sdpa", "manual"])
@@ -183,6 +184,6 @@ def test_kv_cache_with_qk_norm_mqa_and_yarn_equals_full_recomputation():
     model = build(["model=llama", "model/attention=mqa", "model.position.scaling=yarn",
                    "model.position.factor=4", "model.attention.qk_norm=true", "model.attention.window=5"])
     idx = tokens(12)
-    caches = [{} for _ in model.blocks]
+    caches = KVCache.for_model(model, 32)
     steps = [logits(model, idx[:, :4], caches)] + [logits(model, idx[:, t : t + 1], caches) for t in range(4, 12)]
     torch.testing.assert_close(torch.cat(steps, dim=1), logits(model, idx), atol=1e-5, rtol=1e-5)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from lmlab.kv_cache import KVCache
 from lmlab.model import Transformer
 from tests.conftest import CONF, ROOT, TINY, model_cfg
 
@@ -137,7 +138,7 @@ def test_learned_positions_refuse_inputs_past_the_table():
     model = Transformer(model_cfg(SMALL))
     with pytest.raises(ValueError, match="17 positions are more than the learned position table's 16 rows"):
         model(torch.zeros(1, 17, dtype=torch.long))
-    caches = [{} for _ in model.blocks]
+    caches = KVCache.for_model(model, 32)
     model(torch.zeros(1, 16, dtype=torch.long), caches)  # a full context is fine
     with pytest.raises(ValueError, match="17 positions"):
         model(torch.zeros(1, 1, dtype=torch.long), caches)  # one more decoding step is not

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.errors import check_choice
+from lmlab.kv_cache import LayerKV
 from lmlab.model.norm import RMSNorm
 from lmlab.model.position import Position
 
@@ -64,9 +65,13 @@ class Attention(nn.Module):
         x: torch.Tensor,
         position: Position,
         pos: torch.Tensor,
-        cache: dict | None = None,
+        cache: LayerKV | None = None,
+        real: torch.Tensor | None = None,
         need_weights: bool = False,
     ):
+        """x (B, T, C) at positions ``pos`` (T,) or, per row, (B, T). ``cache``: this layer's
+        keys and values of earlier tokens, extended in place. ``real`` (B, T): False at
+        left-padding tokens, which no query attends to (uncached calls; a cache keeps its own)."""
         B, T, C = x.shape
         q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = self.k(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
@@ -74,28 +79,26 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = position.rotate(q, k, pos, pos)
+        k_pos = pos
         if cache is not None:  # keys and values of earlier positions, already rotated
-            if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
-        k_pos = torch.arange(k.shape[2], device=x.device)
-        mask = self._mask(position, pos, k_pos, x.dtype)  # None, or (nh|1, Tq, Tk) additive
+            k, v = cache.write(k, v)  # (B, nkv, S, hs), views of the preallocated buffers
+            k_pos, real = cache.slots.key_positions(), cache.slots.key_mask()
+        mask = self._mask(position, pos, k_pos, real, x.dtype)  # None, or broadcastable (B, nh, Tq, Tk)
         drop = self.dropout if self.training else 0.0
         weights = None
         if self.kernel == "sdpa" and not need_weights:
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=drop, is_causal=mask is None,
+                q, k, v, attn_mask=mask, dropout_p=drop, is_causal=mask is None and T > 1,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )  # (B, nh, T, hs)
         else:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, nh, Tq, Tk)
-            if mask is None:
+            if mask is None and T > 1:
                 causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
                 scores = scores.masked_fill(~causal, float("-inf"))
-            else:
+            elif mask is not None:
                 scores = scores + mask
             weights = F.softmax(scores.float(), dim=-1).type_as(q)
             y = F.dropout(weights, drop, self.training) @ v  # (B, nh, Tq, hs)
@@ -103,18 +106,23 @@ class Attention(nn.Module):
         y = self.resid_drop(self.proj(y))
         return (y, weights) if need_weights else y
 
-    def _mask(self, position: Position, q_pos, k_pos, dtype):
-        """The additive mask: causal (-inf above the diagonal; with a window, also -inf for keys
-        ``window`` or more positions back) plus the position bias, if any. None when a plain
-        causal mask over aligned queries and keys is all that is needed."""
+    def _mask(self, position: Position, q_pos, k_pos, real, dtype):
+        """The additive mask: causal (-inf for keys at later positions; with a window, also for
+        keys ``window`` or more positions back; and for padding keys) plus the position bias, if
+        any: (1|nh, Tq, Tk), or (B, 1|nh, Tq, Tk) for per-row positions or padding. None when a
+        plain causal mask over aligned queries and keys is all that is needed."""
         bias = position.bias(q_pos, k_pos)
-        if bias is None and self.window is None and len(q_pos) == len(k_pos):
-            return None
-        back = q_pos[:, None] - k_pos[None, :]  # (Tq, Tk): how far back each key is
+        plain = bias is None and self.window is None and real is None
+        if plain and q_pos.dim() == 1 and len(q_pos) in (1, len(k_pos)):
+            return None  # aligned: causal; a single newest query: sees every key
+        back = q_pos[..., :, None] - k_pos[..., None, :]  # (Tq, Tk) or (B, Tq, Tk): how far back
         visible = back >= 0
         if self.window is not None:
             visible &= back < self.window
+        if real is not None:
+            visible = visible & real[:, None, :]  # (B, Tq, Tk)
         mask = torch.zeros(visible.shape, device=q_pos.device).masked_fill(~visible, float("-inf"))
+        mask = mask.unsqueeze(-3)  # (1, Tq, Tk) or (B, 1, Tq, Tk)
         if bias is not None:
-            mask = mask[None] + bias  # (nh, Tq, Tk)
+            mask = mask + bias  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
         return mask.to(dtype)

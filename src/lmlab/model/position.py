@@ -9,8 +9,8 @@ so neither the attention layer nor the transformer ever asks which kind it has:
 - ``check_positions(end)``: refuse, before any compute, positions up to ``end`` that the kind
   cannot encode (learned).
 
-``pos`` tensors hold absolute positions, so that decoding with a KV cache continues where the
-prompt stopped.
+``pos`` tensors hold absolute positions, (T,) or per row (B, T) (batched prompts of different
+lengths), so that decoding with a KV cache continues where the prompt stopped.
 """
 
 from __future__ import annotations
@@ -88,10 +88,10 @@ class Sinusoidal(Position):
         self.d_model = d_model
 
     def embed(self, x, pos):
-        angles = pos.float()[:, None] * self.inv_freq[None, :]  # (T, C/2)
-        pe = torch.zeros(len(pos), self.d_model, device=x.device)
-        pe[:, 0::2] = torch.sin(angles)
-        pe[:, 1::2] = torch.cos(angles[:, : self.d_model // 2])
+        angles = pos.float()[..., None] * self.inv_freq  # (T, C/2) or (B, T, C/2)
+        pe = torch.zeros(*pos.shape, self.d_model, device=x.device)
+        pe[..., 0::2] = torch.sin(angles)
+        pe[..., 1::2] = torch.cos(angles[..., : self.d_model // 2])
         return x + pe.to(x.dtype)
 
 
@@ -144,8 +144,10 @@ class RoPE(Position):
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
     def _cos_sin(self, pos: torch.Tensor):
-        angles = (pos.float() / self.pos_scale)[:, None] * self.inv_freq[None, :]  # (T, hs/2)
-        angles = torch.cat([angles, angles], dim=-1)  # (T, hs)
+        angles = (pos.float() / self.pos_scale)[..., None] * self.inv_freq  # (T, hs/2) or (B, T, hs/2)
+        if pos.dim() == 2:  # per-row positions
+            angles = angles[:, None]  # (B, 1, T, hs/2), broadcast over heads
+        angles = torch.cat([angles, angles], dim=-1)  # (..., T, hs)
         return angles.cos() * self.mscale, angles.sin() * self.mscale
 
     @staticmethod
@@ -184,5 +186,5 @@ class ALiBi(Position):
         self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
 
     def bias(self, q_pos, k_pos):
-        distance = (k_pos[None, :] - q_pos[:, None]).float()  # (Tq, Tk), <= 0 where visible
-        return self.slopes[:, None, None] * distance[None]  # (nh, Tq, Tk)
+        distance = (k_pos[..., None, :] - q_pos[..., :, None]).float()  # ([B,] Tq, Tk), <= 0 where visible
+        return self.slopes[:, None, None] * distance.unsqueeze(-3)  # ([B,] nh, Tq, Tk)

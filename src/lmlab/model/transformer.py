@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from lmlab.errors import check_choice
+from lmlab.kv_cache import KVCache
 from lmlab.model.moe import MoE
 
 
@@ -57,11 +58,11 @@ class Block(nn.Module):
         self.norm2 = build(cfg["norm"], d_model=dims["d_model"])
         self.ffn = build(cfg["ffn"], d_model=dims["d_model"], bias=dims["bias"], dropout=dims["dropout"])
 
-    def forward(self, x, position, pos, cache=None):
+    def forward(self, x, position, pos, cache=None, real=None):
         if self.post_norm:
-            x = self.norm1(x + self.attn(x, position, pos, cache))
+            x = self.norm1(x + self.attn(x, position, pos, cache, real))
             return self.norm2(x + self.ffn(x))
-        x = x + self.attn(self.norm1(x), position, pos, cache)
+        x = x + self.attn(self.norm1(x), position, pos, cache, real)
         return x + self.ffn(self.norm2(x))
 
 
@@ -102,17 +103,35 @@ class Transformer(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, 0.0, 0.02)
 
-    def forward(self, idx: torch.Tensor, caches: list[dict] | None = None) -> ModelOutput:
-        """idx (B, T) token ids -> logits (B, T, vocab). With ``caches`` (one dict per layer),
-        keys and values are kept for the next call and positions continue after them."""
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        pad: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> ModelOutput:
+        """idx (B, T) token ids -> logits (B, T, vocab), or (B, 1, vocab) for the last position
+        only with ``last_only``. With a ``cache``, keys and values are kept for the next call and
+        positions continue after them. ``pad`` (B, T): True at left-padding tokens (a batch of
+        prompts of different lengths): they take no position and no token attends to them."""
         B, T = idx.shape
-        start = caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
-        self.position.check_positions(start + T)
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        real = None
+        if cache is not None:
+            pos = cache.positions(B, T, pad, idx.device)  # (T,) or (B, T)
+        elif pad is not None:
+            real = ~pad
+            pos = (real.cumsum(1) - 1).clamp(min=0)  # (B, T)
+        else:
+            pos = torch.arange(T, device=idx.device)  # (T,)
+        self.position.check_positions(int(pos.max()) + 1 if pos.dim() == 2 else int(pos[-1]) + 1)
+        if cache is not None:
+            cache.claim(B, pos, pad)
         x = self.drop(self.position.embed(self.tok_emb(idx), pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, self.position, pos, caches[i] if caches else None)
-        logits = self.lm_head(self.norm(x))  # (B, T, vocab)
+            x = block(x, self.position, pos, cache.layers[i] if cache is not None else None, real)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, C)
+        logits = self.lm_head(self.norm(x))  # (B, T | 1, vocab)
         return ModelOutput(logits, self.aux_losses())
 
     # ---- mixture-of-experts layers -------------------------------------------------------
