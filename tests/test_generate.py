@@ -1,6 +1,9 @@
+import pytest
 import torch
 
-from lmlab.sampling import sample_next, sample_tokens
+from lmlab.data.tokenizer import get_tokenizer
+from lmlab.kv_cache import KVCache
+from lmlab.sampling import sample_next, sample_texts, sample_tokens, stream_tokens
 from lmlab.model import Transformer
 from tests.conftest import TINY, model_cfg
 
@@ -45,3 +48,86 @@ def test_generation_past_the_context_keeps_going():
     out = sample_tokens(model, torch.randint(0, 97, (1, 4)), 40, temperature=0, use_cache=True)
     ref = sample_tokens(model, torch.randint(0, 97, (1, 4)), 0)
     assert out.shape == (1, 44) and ref.shape == (1, 4)
+
+
+def greedy_rows(model, prompts, n, **kw):
+    """The new tokens of each prompt, generated greedily in one batch."""
+    out = [[] for _ in prompts]
+    for step in stream_tokens(model, prompts, n, temperature=0, **kw):
+        for row, t in enumerate(step):
+            if t is not None:
+                out[row].append(t)
+    return out
+
+
+def test_a_batch_of_prompts_of_different_lengths_equals_the_prompts_one_by_one():
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 97, (n,), generator=g).tolist() for n in (3, 7, 1, 5)]
+    variants = [["model/position=learned"], ["model/position=rope", "model/attention=gqa"],
+                ["model/position=alibi", "model.attention.window=4"], ["model/position=sinusoidal"]]
+    for extra in variants:
+        model = tiny_model(*extra)
+        for use_cache in (True, False):
+            batched = greedy_rows(model, prompts, 8, use_cache=use_cache)
+            alone = [greedy_rows(model, [p], 8, use_cache=use_cache)[0] for p in prompts]
+            assert batched == alone, (extra, use_cache)
+            assert all(len(r) == 8 for r in batched)
+
+
+def test_each_sequence_ends_on_its_own():
+    model = tiny_model()
+    prompts = [[1, 2, 3], [4, 5]]
+    full = greedy_rows(model, prompts, 6)
+    eos = full[0][2]  # the first row's third token ends it; the second row runs on, unless it meets it too
+    ended = greedy_rows(model, prompts, 6, eos_id=eos)
+    assert ended[0] == full[0][: full[0].index(eos) + 1]
+    assert ended[1] == (full[1][: full[1].index(eos) + 1] if eos in full[1] else full[1])
+    stopped = greedy_rows(model, prompts, 6, is_done=lambda row, new: row == 1 and len(new) == 2)
+    assert stopped == [full[0], full[1][:2]]
+
+
+def test_stop_string_ends_generation_and_is_cut_from_the_text():
+    model = tiny_model("model.vocab_size=50257")
+    enc = get_tokenizer("gpt2")
+    prompt = "ROMEO:"
+    free = sample_texts(model, "gpt2", [prompt], temperature=0, max_new_tokens=12, stop_at_eos=False)[0]
+    new_ids = enc.encode(free[len(prompt):])
+    stop = enc.decode(new_ids[3:5])  # text the model produces, from its fourth token on
+    gen = free[len(prompt):]
+    steps = []
+    text = sample_texts(model, "gpt2", [prompt], temperature=0, max_new_tokens=12, stop=[stop],
+                        stop_at_eos=False, on_text=lambda row, piece: steps.append(piece))[0]
+    assert text == prompt + gen[: gen.find(stop)] and stop not in text[len(prompt):]
+    assert "".join(steps) == text[len(prompt):]  # the streamed pieces are the text, stop excluded
+    streams = []
+    for step in stream_tokens(model, [enc.encode(prompt)], 12, temperature=0,
+                              is_done=lambda row, new: stop in enc.decode(new)):
+        streams.append(step[0])
+    assert len(streams) < 12  # generation ended early
+
+
+def test_streaming_yields_the_tokens_of_the_batched_call():
+    model = tiny_model("model/position=rope")
+    prompts = torch.randint(0, 97, (3, 4), generator=torch.Generator().manual_seed(2))
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    whole = sample_tokens(model, prompts, 30, temperature=1.0, top_k=20, generator=g1)
+    streamed = list(stream_tokens(model, prompts.tolist(), 30, temperature=1.0, top_k=20, generator=g2))
+    assert torch.equal(whole[:, 4:], torch.tensor(streamed).T) and whole.shape == (3, 34)
+
+
+def test_kv_cache_buffers_are_allocated_once():
+    model = tiny_model("model/position=rope")
+    cache = KVCache.for_model(model)
+    idx = torch.randint(0, 97, (2, 30))
+    with torch.no_grad():
+        model(idx[:, :5], cache)
+        ptrs = [(layer.k.data_ptr(), layer.v.data_ptr()) for layer in cache.layers]
+        assert cache.layers[0].k.shape == (2, 4, 16, 8)  # (B, n_kv_heads, context, head_dim)
+        for t in range(5, 16):
+            model(idx[:, t : t + 1], cache)
+        assert len(cache) == 16 and [(la.k.data_ptr(), la.v.data_ptr()) for la in cache.layers] == ptrs
+        cache.reset()  # a restart reuses the buffers
+        model(idx[:, 16:24], cache)
+        assert [(la.k.data_ptr(), la.v.data_ptr()) for la in cache.layers] == ptrs
+        with pytest.raises(ValueError, match="KV cache full"):
+            model(idx[:, :9], cache)

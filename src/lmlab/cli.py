@@ -18,7 +18,7 @@ from lmlab.console import quiet_third_party
 from lmlab.errors import UserError, exit_with
 from lmlab.hardware import reuse_freed_memory
 from lmlab.overrides import check_argv
-from lmlab.sampling import sample_text
+from lmlab.sampling import sample_texts
 from lmlab.training import build_datamodule, train as run_job
 
 CONF_DIR = conf_dir()
@@ -58,18 +58,28 @@ def evaluate() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 def _generate(cfg: DictConfig) -> None:
-    """Samples from a checkpoint, printed and written to ``<run dir>/samples.txt``."""
+    """Samples from a checkpoint, all in one batch, printed and written to ``<run dir>/samples.txt``.
+    With ``stream`` and a single sequence, its tokens are printed as they are produced."""
     try:
         module = load_module(cfg.ckpt_path, cfg.device)
     except UserError as err:
         exit_with(err)
-    texts = []
-    for i in range(cfg.num_samples):
-        text = sample_text(module.model, cfg.tokenizer, cfg.prompt, seed=cfg.seed + i,
-                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                           top_k=cfg.top_k, top_p=cfg.top_p, use_cache=cfg.use_cache)
-        texts.append(text)
-        print(f"----- sample {i + 1}/{cfg.num_samples} -----\n{text}", flush=True)
+    prompts = list(cfg.prompts) if cfg.get("prompts") else [cfg.prompt]
+    live = cfg.stream and len(prompts) * cfg.num_samples == 1
+    if live:
+        print(prompts[0], end="", flush=True)
+    texts = sample_texts(
+        module.model, cfg.tokenizer, prompts, num_samples=cfg.num_samples, seed=cfg.seed,
+        stop=list(cfg.stop or []), stop_at_eos=cfg.stop_at_eos,
+        on_text=(lambda row, piece: print(piece, end="", flush=True)) if live else None,
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+        top_p=cfg.top_p, use_cache=cfg.use_cache,
+    )
+    if live:
+        print(flush=True)
+    else:
+        for i, text in enumerate(texts):
+            print(f"----- sample {i + 1}/{len(texts)} -----\n{text}", flush=True)
     Path(cfg.paths.output_dir, "samples.txt").write_text("\n\n".join(texts))
 
 

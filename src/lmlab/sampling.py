@@ -1,10 +1,23 @@
-"""Sampling from a model: greedy, temperature, top-k and top-p (nucleus), with a KV cache;
-``sample_tokens`` extends token ids, ``sample_text`` turns a prompt into text."""
+"""Sampling from a model: greedy, temperature, top-k and top-p (nucleus), batched, with a KV cache.
+
+``stream_tokens`` is the loop: several prompts of any lengths in one batch (left-padded, each row
+at its own positions), yielding every step's new tokens as they are produced; a sequence ends at
+``eos_id``, when ``is_done`` says so (stop strings), or after ``max_new_tokens``. ``sample_tokens``
+extends a (B, T) tensor; ``sample_texts`` turns prompts into text, with stop strings.
+
+When the cache is full (context_length slots), it restarts on the last half context of each
+sequence, re-encoded from position 0 - as recomputation crops its input, but keeping half a
+window instead of a full one, so that the next half window of steps are cheap decoding steps.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+
 import torch
 
+from lmlab.kv_cache import KVCache
+from lmlab.text_stream import TextStream
 from lmlab.model.transformer import Transformer
 
 
@@ -33,10 +46,22 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator)
 
 
+def left_pad(rows: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token lists -> ids (B, T) left-padded with 0, and pad (B, T) True at padding (None if the
+    rows are all as long)."""
+    T = max(len(r) for r in rows)
+    idx = torch.tensor([[0] * (T - len(r)) + list(r) for r in rows], device=device)
+    if all(len(r) == T for r in rows):
+        return idx, None
+    lengths = torch.tensor([len(r) for r in rows], device=device)
+    pad = torch.arange(T, device=device)[None, :] < (T - lengths)[:, None]
+    return idx, pad
+
+
 @torch.no_grad()
-def sample_tokens(
+def stream_tokens(
     model: Transformer,
-    idx: torch.Tensor,
+    prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -44,37 +69,102 @@ def sample_tokens(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
-) -> torch.Tensor:
-    """Extend idx (B, T) by up to ``max_new_tokens`` tokens. With ``use_cache`` the prompt is
-    processed once and each step feeds only the newest token; without it, every step recomputes
-    the (cropped) whole sequence."""
+    is_done: Callable[[int, list[int]], bool] | None = None,
+) -> Iterator[list[int | None]]:
+    """Generate after each prompt (token-id lists, any lengths) in one batch; yield after every
+    step each sequence's new token, or None for a sequence that had already ended. A sequence
+    ends after ``eos_id`` (yielded), or once ``is_done(row, its new tokens)`` is true. With
+    ``use_cache`` the prompts are encoded once and each step feeds only the newest tokens;
+    without it, every step recomputes the (cropped) whole sequences."""
     was_training = model.training
     model.eval()
     ctx = model.context_length
-    caches = [{} for _ in model.blocks] if use_cache else None
-    step_input = idx[:, -ctx:]
-    for _ in range(max_new_tokens):
-        if use_cache and caches[0] and caches[0]["k"].shape[2] >= ctx:
-            # the cache is full: restart it on the last context window
-            caches = [{} for _ in model.blocks]
-            step_input = idx[:, -ctx + 1 :]
-        logits = model(step_input, caches).logits[:, -1, :]  # (B, vocab)
-        nxt = sample_next(logits, temperature, top_k, top_p, generator)
-        idx = torch.cat([idx, nxt], dim=1)
-        step_input = nxt if use_cache else idx[:, -ctx:]
-        if eos_id is not None and bool((nxt == eos_id).all()):
-            break
-    model.train(was_training)
-    return idx
+    device = next(model.parameters()).device
+    rows = [list(p) for p in prompts]
+    new: list[list[int]] = [[] for _ in rows]
+    done = [False] * len(rows)
+    cache = KVCache.for_model(model) if use_cache else None
+    feed = [r[-ctx:] for r in rows]
+    try:
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                feed = [r[-ctx:] for r in rows]
+            elif len(cache) + max(len(f) for f in feed) > ctx:  # full: restart on half a window
+                cache.reset()
+                feed = [r[-max(ctx // 2, 1):] for r in rows]
+            idx, pad = left_pad(feed, device)
+            logits = model(idx, cache, pad, last_only=True).logits[:, -1]  # (B, vocab)
+            ids = sample_next(logits, temperature, top_k, top_p, generator)[:, 0].tolist()
+            step: list[int | None] = []
+            for b, t in enumerate(ids):
+                if done[b]:
+                    step.append(None)
+                    continue
+                rows[b].append(t)
+                new[b].append(t)
+                step.append(t)
+                done[b] = t == eos_id or (is_done is not None and is_done(b, new[b]))
+            yield step
+            if all(done):
+                break
+            feed = [[t] for t in ids]
+    finally:
+        model.train(was_training)
 
 
-def sample_text(model: Transformer, tokenizer_name: str, prompt: str, seed: int = 0, **kwargs) -> str:
-    """``prompt`` followed by what the model samples after it (``kwargs``: see sample_tokens)."""
+def sample_tokens(model: Transformer, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+    """Extend idx (B, T) by up to ``max_new_tokens`` tokens (``kwargs``: see stream_tokens). Rows
+    that end before others (``eos_id``) are filled up with ``eos_id``."""
+    fill = kwargs.get("eos_id") or 0
+    steps = list(stream_tokens(model, idx.tolist(), max_new_tokens, **kwargs))
+    if not steps:
+        return idx
+    new = torch.tensor([[fill if t is None else t for t in s] for s in steps], device=idx.device)
+    return torch.cat([idx, new.T], dim=1)  # (B, T + steps)
+
+
+def sample_texts(
+    model: Transformer,
+    tokenizer_name: str,
+    prompts: Sequence[str],
+    num_samples: int = 1,
+    seed: int = 0,
+    stop: Sequence[str] = (),
+    stop_at_eos: bool = True,
+    on_text: Callable[[int, str], None] | None = None,
+    **kwargs,
+) -> list[str]:
+    """Each prompt followed by ``num_samples`` continuations, all in one batch (prompt by prompt:
+    prompt 0's samples first). A continuation ends at end-of-text (with ``stop_at_eos``) or at a
+    stop string, which is cut from the text with all after it. ``on_text(row, piece)`` gets each
+    row's text as soon as it can be printed. ``kwargs``: see stream_tokens."""
     from lmlab.data.tokenizer import get_tokenizer
 
     enc = get_tokenizer(tokenizer_name)
     device = next(model.parameters()).device
-    idx = torch.tensor([enc.encode(prompt, allowed_special="all")], device=device)
+    encoded = [enc.encode(p, allowed_special="all") for p in prompts]
+    rows = [ids for ids in encoded for _ in range(num_samples)]
+    streams = [TextStream(enc.decode, stop) for _ in rows]
+    eos_id = enc.eot_token if stop_at_eos else None
+
+    def is_done(row: int, new: list[int]) -> bool:  # also hands the new text to on_text
+        if new[-1] == eos_id:
+            return True
+        piece = streams[row].push(new[-1])
+        if piece and on_text is not None:
+            on_text(row, piece)
+        return streams[row].stopped
+
     gen = torch.Generator(device=device).manual_seed(seed)
-    out = sample_tokens(model, idx, generator=gen, **kwargs)
-    return enc.decode(out[0].tolist())
+    for _ in stream_tokens(model, rows, generator=gen, eos_id=eos_id, is_done=is_done, **kwargs):
+        pass
+    for row, stream in enumerate(streams):
+        rest = stream.finish()
+        if rest and on_text is not None:
+            on_text(row, rest)
+    return [prompts[row // num_samples] + stream.text for row, stream in enumerate(streams)]
+
+
+def sample_text(model: Transformer, tokenizer_name: str, prompt: str, seed: int = 0, **kwargs) -> str:
+    """``prompt`` followed by what the model samples after it (``kwargs``: see sample_texts)."""
+    return sample_texts(model, tokenizer_name, [prompt], seed=seed, **kwargs)[0]
