@@ -139,7 +139,10 @@ def cmd_train(args) -> None:
               f" by that measure; lmlab.hardware.fast_precision() says {fast_precision()})")
 
 
+from bench_generate import OPTIONS as GENERATE_OPTIONS, cmd_generate  # noqa: E402 (scripts/ is on sys.path)
+
 SECTIONS = {
+    "generate": (cmd_generate, "generation tokens/s: KV cache vs recompute vs transformers", GENERATE_OPTIONS),
     "train": (cmd_train, "training-step tokens/s and MFU of a composed model, fp32 and bf16", [
         ("overrides", dict(nargs="*", help="config overrides, e.g. model=llama model.n_layers=2")),
         ("--batch", dict(type=int, default=16)),

@@ -1,0 +1,118 @@
+"""Generation benchmark (`python scripts/benchmark.py generate`): tokens/s of lmlab's KV-cached
+decoding against recomputing the whole context at every step (the default model), and against
+transformers' GPT2LMHeadModel.generate() on a GPT-2 of the same size (random weights, greedy,
+use_cache=True, same batch and lengths). The contenders take turns in every round."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def machine() -> str:
+    """CPU model, its bf16 matrix flags, torch threads and load: printed beside every figure."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+                 platform.processor() or "unknown CPU")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags] or ["no avx512_bf16/amx (AVX2 only)"]
+    return (f"{model}; {' '.join(bf16)}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+
+def lmlab_model(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from lmlab.config import conf_dir, register_resolvers
+    from lmlab.model import Transformer
+
+    register_resolvers()
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    torch.manual_seed(0)
+    return Transformer(OmegaConf.to_container(cfg.model, resolve=True)).eval()
+
+
+def hf_gpt2(model):
+    """transformers' GPT-2 with the sizes of ``model`` (random weights)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = model.cfg
+    cfg = GPT2Config(n_layer=c["n_layers"], n_embd=c["d_model"], n_head=c["n_heads"],
+                     n_positions=c["context_length"], vocab_size=c["vocab_size"],
+                     bos_token_id=None, eos_token_id=None)
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def rounds(fns: dict, repeats: int) -> dict:
+    """Median seconds of each function; one warm-up round, then the functions take turns."""
+    times = {name: [] for name in fns}
+    for r in range(1 + repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if r:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def cmd_generate(args) -> None:
+    from lmlab.sampling import sample_tokens
+
+    B, P, N = args.batch, args.prompt_len, args.new_tokens
+    print(f"generation: batch {B}, prompt {P} tokens, {N} new tokens, greedy, fp32, median of "
+          f"{args.repeats} interleaved rounds\nmachine: {machine()}")
+
+    def lmlab(model, idx, use_cache):
+        def run():
+            out = sample_tokens(model, idx, N, temperature=0, use_cache=use_cache)
+            assert out.shape == (B, P + N)
+        return run
+
+    # 1. the default model (context 128: past it, the cache restarts on the last half window)
+    model = lmlab_model(args.overrides)
+    idx = torch.randint(0, model.cfg["vocab_size"], (B, P), generator=torch.Generator().manual_seed(0))
+    t = rounds({"cached": lmlab(model, idx, True), "recompute": lmlab(model, idx, False)}, args.repeats)
+    print(f"default model ({' '.join(args.overrides) or 'model=tiny'}, {model.num_params():,} "
+          f"parameters, context {model.context_length}):")
+    print(f"  lmlab, KV cache          {B * N / t['cached']:8.0f} tokens/s")
+    print(f"  lmlab, recompute context {B * N / t['recompute']:8.0f} tokens/s   cached / recompute = "
+          f"{t['recompute'] / t['cached']:.1f}x  (target >= 5)")
+
+    # 2. against transformers, with a context that holds prompt and continuation (GPT-2's
+    #    position table cannot go past n_positions)
+    ctx = P + N
+    model = lmlab_model([*args.overrides, f"model.context_length={ctx}"])
+    hf = hf_gpt2(model)
+
+    def transformers_generate():
+        out = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=N,
+                          min_new_tokens=N, do_sample=False, use_cache=True, pad_token_id=0)
+        assert out.shape == (B, P + N)
+
+    t = rounds({"lmlab": lmlab(model, idx, True), "hf": torch.no_grad()(transformers_generate)},
+               args.repeats)
+    print(f"same sizes, context {ctx} (n_positions {ctx}): lmlab {model.num_params():,} "
+          f"parameters, GPT2LMHeadModel {hf.num_parameters():,}")
+    print(f"  lmlab, KV cache          {B * N / t['lmlab']:8.0f} tokens/s")
+    print(f"  transformers generate()  {B * N / t['hf']:8.0f} tokens/s   lmlab / transformers = "
+          f"{t['hf'] / t['lmlab']:.2f}x  (target >= 1)")
+
+
+OPTIONS = [
+    ("overrides", dict(nargs="*", help="model config overrides (default: the default model)")),
+    ("--batch", dict(type=int, default=1)),
+    ("--prompt-len", dict(type=int, default=16)),
+    ("--new-tokens", dict(type=int, default=256)),
+    ("--repeats", dict(type=int, default=3)),
+]
