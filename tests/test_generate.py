@@ -1,16 +1,24 @@
+import copy
+import functools
+
 import pytest
 import torch
 
 from lmlab.data.tokenizer import get_tokenizer
 from lmlab.kv_cache import KVCache
-from lmlab.sampling import sample_next, sample_texts, sample_tokens, stream_tokens
+from lmlab.sampling import left_pad, sample_next, sample_texts, sample_tokens, stream_tokens
 from lmlab.model import Transformer
 from tests.conftest import TINY, model_cfg
 
 
+@functools.lru_cache(maxsize=None)
+def composed(extra: tuple[str, ...]) -> dict:
+    return model_cfg(TINY + ["model.vocab_size=97", *extra])
+
+
 def tiny_model(*extra):
     torch.manual_seed(0)
-    return Transformer(model_cfg(TINY + ["model.vocab_size=97", *extra])).eval()
+    return Transformer(copy.deepcopy(composed(extra))).eval()
 
 
 def test_temperature_zero_is_greedy():
@@ -72,6 +80,18 @@ def test_a_batch_of_prompts_of_different_lengths_equals_the_prompts_one_by_one()
             alone = [greedy_rows(model, [p], 8, use_cache=use_cache)[0] for p in prompts]
             assert batched == alone, (extra, use_cache)
             assert all(len(r) == 8 for r in batched)
+        # the logits too (greedy tokens of a random model barely notice a visible padding key)
+        idx, pad = left_pad(prompts, "cpu")
+        cache = KVCache.for_model(model)
+        with torch.no_grad():
+            batch = [model(idx, None, pad).logits[:, -1], model(idx, cache, pad).logits[:, -1],
+                     model(idx[:, -1:], cache).logits[:, -1]]  # uncached, cached prompt, one step
+            for row, p in enumerate(prompts):
+                alone = KVCache.for_model(model)
+                want = [model(torch.tensor([p])).logits[0, -1], model(torch.tensor([p]), alone).logits[0, -1],
+                        model(torch.tensor([p[-1:]]), alone).logits[0, -1]]
+                for got, ref in zip(batch, want):
+                    torch.testing.assert_close(got[row], ref, atol=1e-5, rtol=1e-5)
 
 
 def test_each_sequence_ends_on_its_own():
