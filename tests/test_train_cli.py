@@ -79,6 +79,9 @@ def test_generate_and_evaluate_from_the_checkpoint(trained, tmp_path):
     gen = run("generate.py", f"ckpt_path={ckpt}", "prompt=JULIET:", "max_new_tokens=5",
               "temperature=0", f"hydra.run.dir={tmp_path / 'g'}")
     assert "JULIET:" in gen.stdout and (tmp_path / "g" / "samples.txt").exists()
+    batch = run("generate.py", f"ckpt_path={ckpt}", "prompts=['JULIET:','ROMEO:']", "num_samples=2",
+                "max_new_tokens=5", "stop=['\\n\\n']", f"hydra.run.dir={tmp_path / 'b'}")
+    assert "sample 4/4 -----\nROMEO:" in batch.stdout and "sample 1/4 -----\nJULIET:" in batch.stdout
     ev = run("evaluate.py", f"ckpt_path={ckpt}", "data.val_windows=4",
              f"paths.cache_dir={run_dir.parent / 'cache'}", f"hydra.run.dir={tmp_path / 'e'}")
     result = json.loads((tmp_path / "e" / "eval.json").read_text())
