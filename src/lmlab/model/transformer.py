@@ -123,7 +123,9 @@ class Transformer(nn.Module):
             pos = (real.cumsum(1) - 1).clamp(min=0)  # (B, T)
         else:
             pos = torch.arange(T, device=idx.device)  # (T,)
-        self.position.check_positions(int(pos.max()) + 1 if pos.dim() == 2 else int(pos[-1]) + 1)
+        # shared positions end at the filled slots (no device sync); per-row ones at their maximum
+        end = int(pos.max()) + 1 if pos.dim() == 2 else (len(cache) if cache is not None else 0) + T
+        self.position.check_positions(end)
         if cache is not None:
             cache.claim(B, pos, pad)
         x = self.drop(self.position.embed(self.tok_emb(idx), pos))  # (B, T, C)
