@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmlab.hardware import fast_precision, reuse_freed_memory
 from lmlab.model.moe import active_params
+from lmlab.run_limits import stopped_by, sweep_time_limit, tokens_per_step
 
 log = logging.getLogger("lmlab")
 if not OmegaConf.has_resolver("eval"):
@@ -196,6 +197,7 @@ def run_training(cfg: DictConfig) -> dict:
     record = {"status": "running", "overrides": job.get("overrides", []),
               "variant": job.get("variant", []), "seed": cfg.seed, "started": time.time()}
     _write_json(out_dir / "metrics.json", record)
+    sweep_time_limit(cfg, job)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)  # checks data paths before the model is built
     module = build_module(cfg)
@@ -233,7 +235,10 @@ def _fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_d
     m = module.model
     metrics = dict(record, status="completed", params=m.num_params(), active_params=active_params(m),
                    flops_per_token=m.flops_per_token(), steps=trainer.global_step,
-                   world_size=trainer.world_size, train_time_s=time.perf_counter() - t0)
+                   world_size=trainer.world_size, train_time_s=time.perf_counter() - t0,
+                   stopped_by=stopped_by(trainer), max_time=cfg.trainer.get("max_time"))
+    metrics["tokens_per_step"] = tokens_per_step(cfg, trainer, m.context_length)
+    metrics["tokens"] = metrics["tokens_per_step"] * trainer.global_step
     if trainer.world_size > 1:  # identical on every rank when DDP kept the replicas in sync
         checksum = sum(p.detach().double().sum() for p in module.parameters())
         metrics["param_checksums"] = trainer.strategy.all_gather(checksum).tolist()
