@@ -79,11 +79,26 @@ def test_generate_and_evaluate_from_the_checkpoint(trained, tmp_path):
     gen = run("generate.py", f"ckpt_path={ckpt}", "prompt=JULIET:", "max_new_tokens=5",
               "temperature=0", f"hydra.run.dir={tmp_path / 'g'}")
     assert "JULIET:" in gen.stdout and (tmp_path / "g" / "samples.txt").exists()
-    ev = run("evaluate.py", f"ckpt_path={ckpt}", "data.val_windows=4",
+    ev = run("evaluate.py", f"ckpt_path={ckpt}", "data.val_windows=4", "extrapolate=[1,2]",
              f"paths.cache_dir={run_dir.parent / 'cache'}", f"hydra.run.dir={tmp_path / 'e'}")
     result = json.loads((tmp_path / "e" / "eval.json").read_text())
-    assert result["val_windows"] == 4 and result["val_loss"] > 0
-    assert f"validation loss {result['val_loss']:.4f}" in ev.stdout
+    assert result["split"] == "test" and result["windows"] == 4 and result["loss"] > 0
+    assert f"test loss {result['loss']:.4f}" in ev.stdout
+    # the default model has a learned position table: twice its context is n/a
+    assert [r["loss"] is None for r in result["extrapolation"]] == [False, True]
+    assert "    32       2        0        n/a        n/a" in ev.stdout
+
+    # your own text file: all of it is scored, not its last 10%
+    text = tmp_path / "mine.txt"
+    text.write_text("".join(f"Line {i} of a small corpus of my own.\n" for i in range(200)))
+    run("evaluate.py", f"ckpt_path={ckpt}", "data=text", f"data.path={text}",
+        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'f'}")
+    result = json.loads((tmp_path / "f" / "eval.json").read_text())
+    from lmlab.data.tokenizer import get_tokenizer
+
+    n_tokens = len(get_tokenizer("gpt2").encode_ordinary(text.read_text())) + 1  # + end of text
+    assert result["split"] == "all" and result["tokens"] == n_tokens
+    assert result["windows"] == (n_tokens - 16 - 1) // 16 + 1  # every window of 16 targets
 
 
 def test_unknown_model_names_the_valid_options(tmp_path):

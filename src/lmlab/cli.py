@@ -259,6 +259,16 @@ def _fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_d
     best = getattr(trainer.checkpoint_callback, "best_model_score", None)
     best = min(val, float(best)) if best is not None else val
     metrics.update(best_val_loss=best, best_val_ppl=math.exp(best))
+    if datamodule.has_test_split:  # chosen on validation, compared on test
+        test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]["test/loss"]
+        metrics.update(test_loss=test, test_ppl=math.exp(test))
+    if trainer.is_global_zero and cfg.get("extrapolate"):
+        from lmlab.evaluation import score, summary
+
+        split = "test" if datamodule.has_test_split else "val"
+        result = score(module.model, datamodule, split, cfg.extrapolate, max_windows=None)
+        metrics["extrapolation"] = {k: result[k] for k in ("split", "context_length", "extrapolation")}
+        log.info(summary(result))
     if trainer.is_global_zero:
         log.info(f"final validation loss {val:.4f}, perplexity {math.exp(val):.2f} ({ckpt})")
         s = cfg.sample
@@ -350,18 +360,18 @@ def generate(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 def evaluate(cfg: DictConfig) -> float:
-    """Loss and perplexity of a checkpoint on the held-out split of ``data``."""
+    """Loss and perplexity of a checkpoint on held-out text (``split``), and optionally at other
+    context lengths (``extrapolate=[1,2,4,8]``); written to ``<run dir>/eval.json``."""
+    from lmlab.evaluation import score, summary
+
     try:
         module = load_module(cfg.ckpt_path, "cpu")
         cfg.model.context_length = module.model.context_length
         datamodule = build_datamodule(cfg)
-    except UserError as err:
+        result = score(module.model, datamodule, cfg.split, cfg.extrapolate, cfg.data.val_windows)
+    except (UserError, ValueError) as err:
         _fail(err)
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
-    loss = trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/loss"]
-    result = {"ckpt_path": cfg.ckpt_path, "val_loss": loss, "val_ppl": math.exp(loss),
-              "val_windows": len(datamodule.val_dataloader().dataset)}
+    result = {"ckpt_path": cfg.ckpt_path, **result}
     Path(cfg.paths.output_dir, "eval.json").write_text(json.dumps(result, indent=2))
-    print(f"validation loss {loss:.4f}, perplexity {math.exp(loss):.2f} "
-          f"over {result['val_windows']} windows", flush=True)
-    return loss
+    print(summary(result), flush=True)
+    return result["loss"]
