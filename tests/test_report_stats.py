@@ -140,3 +140,22 @@ def test_stats_functions_against_scipy_and_simulation():
     d = rng.normal(mdd, 0.1, size=(40_000, 5))
     t = d.mean(1) / (d.std(1, ddof=1) / np.sqrt(5))
     assert np.mean(np.abs(t) > stats.t.ppf(0.975, 4)) == pytest.approx(0.8, abs=0.01)
+
+
+def test_extrapolation_table_and_plot(tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, seed in enumerate(SEEDS):
+        for k, (arm, losses) in enumerate([("learned", [5.0 + seed, None, None]),
+                                           ("alibi", [5.1 + seed, 5.0 + seed, 4.9 + seed])]):
+            rows = [{"factor": f, "length": 16 * f, "loss": v} for f, v in zip((1, 2, 4), losses)]
+            write_job(sweep, 3 * k + i, [f"model/position={arm}", f"seed={seed}"], 5.0,
+                      extrapolation={"split": "test", "context_length": 16, "extrapolation": rows})
+    report = make_report(sweep).read_text()
+    section = report.split("## Length extrapolation", 1)[1]
+    assert "the test split" in section
+    header, _, learned, alibi = [ln for ln in section.splitlines() if ln.startswith("|")]
+    assert header == "| arm | 16 (1x) | 32 (2x) | 64 (4x) |"
+    assert learned.split(" | ")[2:] == ["n/a", "n/a |"]
+    low, high = stats.t.interval(0.95, 2, loc=5.9, scale=stats.sem([4.9, 5.9, 6.9]))
+    assert numbers(alibi.split(" | ")[3]) == pytest.approx([5.9, low, high], abs=1e-4)
+    assert (sweep / "extrapolation.png").stat().st_size > 0

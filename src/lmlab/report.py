@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from lmlab.comparison import comparison_rows
+from lmlab.report_extrapolation import extrapolation_section
 from lmlab.report_plots import plot_val_loss
 
 SEED_KEYS = ("seed",)
@@ -221,6 +222,7 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     parts += comparison_section(arms, baseline)
     if plot_val_loss(arms, out / "val_loss.png"):
         parts.append("![validation loss per arm](val_loss.png)\n")
+    parts += extrapolation_section(arms, out)
     def arm_of(j: Job) -> str:
         return " ".join(o for o in j.overrides if o.lstrip("+~").split("=")[0] in varied)
 
