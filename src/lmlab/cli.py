@@ -266,7 +266,8 @@ def _fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_d
         from lmlab.evaluation import score, summary
 
         split = "test" if datamodule.has_test_split else "val"
-        result = score(module.model, datamodule, split, cfg.extrapolate, max_windows=None)
+        # data.val_windows windows at each length: at 1x exactly the windows of test_loss
+        result = score(module.model, datamodule, split, cfg.extrapolate, cfg.data.val_windows)
         metrics["extrapolation"] = {k: result[k] for k in ("split", "context_length", "extrapolation")}
         log.info(summary(result))
     if trainer.is_global_zero:
