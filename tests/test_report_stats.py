@@ -116,8 +116,14 @@ def test_a_flagged_baseline_gives_no_verdicts(tmp_path):
         write_job(sweep, i, ["model/position=learned", f"seed={seed}"], BASE[seed],
                   tokens=1000 if seed == 0 else None)  # one seed trained fewer tokens
         write_job(sweep, 3 + i, ["model/position=rope", f"seed={seed}"], BETTER[seed])
+        budget = {"adjusted": "model.ffn.hidden_dim", "from": None, "to": 200 + i}
+        write_job(sweep, 6 + i, ["model/position=alibi", f"seed={seed}"], BETTER[seed], budget=budget)
     rows = comparison_table(make_report(sweep).read_text())
     assert "fewer tokens (1,000 < 6,400)" in rows["model/position=learned"]["flags"]
+    assert rows["model/position=alibi"]["matched width"] == (
+        "model.ffn.hidden_dim: None -> 200 / model.ffn.hidden_dim: None -> 201 / "
+        "model.ffn.hidden_dim: None -> 202")
+    assert rows["model/position=learned"]["matched width"] == "—"
     assert rows["model/position=rope"]["verdict"] == "n/a (baseline flagged)"
 
 

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lmlab.budget import match_params
 from lmlab.hardware import fast_precision, reuse_freed_memory
 from lmlab.model.moe import active_params
 from lmlab.run_limits import stopped_by, sweep_time_limit, tokens_per_step
@@ -198,6 +199,14 @@ def run_training(cfg: DictConfig) -> dict:
               "variant": job.get("variant", []), "seed": cfg.seed, "started": time.time()}
     _write_json(out_dir / "metrics.json", record)
     sweep_time_limit(cfg, job)
+    try:
+        budget = match_params(cfg, CONF_DIR)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if budget:
+        record["budget"] = budget
+        log.info(f"budget: {budget['adjusted']} {budget['from']} -> {budget['to']}: "
+                 f"{budget['params']:,} {budget['count']} parameters (target {budget['target']:,})")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)  # checks data paths before the model is built
     module = build_module(cfg)

@@ -94,6 +94,10 @@ def comparison_rows(arms: list, baseline: str | None = None, alpha: float = 0.05
                "params": _one(a, "params", ",.0f"),
                "active params": _one(a, "active_params", ",.0f", "params"),
                "FLOPs/token": _one(a, "flops_per_token", ",.0f")}
+        if any(j.metrics.get("budget") for b in arms for j in b.jobs):  # budget.match was on
+            row["matched width"] = " / ".join(sorted({
+                f"{j.metrics['budget']['adjusted']}: {j.metrics['budget']['from']} -> "
+                f"{j.metrics['budget']['to']}" for j in a.jobs if j.metrics.get("budget")})) or "—"
         for k, fb, t in shown_losses:
             vals = list(values_of(a, k, fb).values())
             row[f"{t} (95% CI)"] = mean_interval(vals).format() if vals else "—"
