@@ -49,7 +49,7 @@ class NaiveMoE(nn.Module):
         gate = torch.zeros(x.shape[0], self.moe.n_experts, dtype=x.dtype).scatter(1, choice, weights)
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.moe.experts):
-            out = out + gate[:, e:e + 1] * expert(x)[0]
+            out = out + gate[:, e:e + 1] * expert(x)
         return out.reshape(shape)
 
 
@@ -64,9 +64,7 @@ def cmd_moe(args) -> None:
 
     def fwd_bwd(layer):
         def run():
-            y = layer(x)
-            y = y[0] if isinstance(y, tuple) else y
-            y.square().mean().backward()
+            layer(x).square().mean().backward()
         return run
 
     print(f"MoE layer forward+backward: {N} tokens, d_model {d}, {E} GELU experts of width "
@@ -98,11 +96,11 @@ def cmd_train(args) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import lmlab.cli  # noqa: F401  (config resolvers)
+    from lmlab.config import conf_dir, register_resolvers
     from lmlab.model import Transformer
 
-    conf = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "conf")
-    with initialize_config_dir(os.path.abspath(conf), version_base="1.3"):
+    register_resolvers()
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
         cfg = compose("train", overrides=args.overrides)
     torch.manual_seed(0)
     model = Transformer(OmegaConf.to_container(cfg.model, resolve=True))

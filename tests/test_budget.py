@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from lmlab.budget import count_params, match_params
-from lmlab.model.moe import active_params
 from lmlab.model.transformer import Transformer
 from tests.conftest import CONF, TINY, compose_cfg, model_cfg
 
@@ -14,7 +13,7 @@ SMALL_VOCAB = TINY + ["model.vocab_size=256", "model.d_model=64"]  # embeddings 
 
 def built_count(overrides: list[str]) -> int:
     """Counted on a real model built from the composed config (not on the meta device)."""
-    return active_params(Transformer(model_cfg(overrides)))
+    return Transformer(model_cfg(overrides)).active_params()
 
 
 @pytest.mark.parametrize("arm, reference, adjust", [

@@ -25,14 +25,13 @@ COUNTS = ("active", "non_embedding")
 
 
 def count_params(model_cfg: dict, count: str = "active") -> int:
-    from lmlab.model.moe import active_params
     from lmlab.model.transformer import Transformer
 
     if count not in COUNTS:
         raise ValueError(f"budget.count: unknown {count!r}; valid choices: {', '.join(COUNTS)}")
     with torch.device("meta"):
         model = Transformer(model_cfg)
-    n = active_params(model)
+    n = model.active_params()
     if count == "non_embedding":  # Kaplan et al. (2020): less vocabulary and position tables
         n -= sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
         if model.lm_head.weight is not model.tok_emb.weight:

@@ -2,18 +2,54 @@
 
 from __future__ import annotations
 
-import re
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
-LOAD_KEY = re.compile(r"^layer(\d+)/load$")
+from lmlab.model.transformer import Transformer
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; the run is stopped and recorded as failed."""
+
+
+class DivergenceGuard(L.Callback):
+    """Stops a run at the first non-finite training loss, so a diverging arm of a sweep fails fast
+    and is recorded as failed instead of training on NaNs until max_steps."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss.detach()).all():
+            raise Diverged(f"non-finite training loss ({float(loss):.4g}) at step {trainer.global_step}")
+
+
+class ThroughputMeter(L.Callback):
+    """Training tokens per second over the whole run: tokens of all training batches but the first
+    (warm-up) over their summed step times, validation and checkpointing excluded. Steadier than
+    the per-step ``train/tokens_per_s`` the module logs."""
+
+    def __init__(self):
+        self.tokens, self.seconds, self._t0, self._batches = 0, 0.0, None, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._batches += 1
+        if self._t0 is not None and self._batches > 1:
+            self.seconds += time.perf_counter() - self._t0
+            self.tokens += (batch.shape[1] - 1) * batch.shape[0] * trainer.world_size
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds > 0 else None
 
 
 class RoutingMonitor(L.Callback):
     """Makes MoE routing visible. Every ``every_n_steps`` training steps (and when training ends)
-    it reads the per-layer expert load fractions from the stats ``training_step`` returns and
+    it reads the expert load fractions of the latest batch from the model's MoE layers and
 
     - logs each layer's per-expert fraction (``routing/layer{i}/expert{e}``) and its max/mean
       load ratio (``routing/layer{i}/imbalance``, 1 when uniform) to every logger;
@@ -21,7 +57,7 @@ class RoutingMonitor(L.Callback):
       to W&B as the image ``routing/load`` when a WandbLogger is present.
 
     Router entropy, dropped-token fraction and the aux and z losses per layer are logged by
-    LanguageModule as ``routing/layer{i}/...``. With a dense model there are no load stats and
+    LanguageModule as ``routing/layer{i}/...``. With a dense model there are no MoE layers and
     this callback does nothing.
     """
 
@@ -31,16 +67,16 @@ class RoutingMonitor(L.Callback):
         self._last: tuple[int, torch.Tensor] | None = None  # (step, load) of the latest batch
 
     @staticmethod
-    def load_matrix(stats: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """(layers, experts) load fractions from the model's stats, or None for a dense model."""
-        rows = {int(m.group(1)): v for k, v in stats.items() if (m := LOAD_KEY.match(k))}
-        if not rows:
+    def load_matrix(model: Transformer) -> torch.Tensor | None:
+        """(layers, experts) load fractions of the model's latest forward pass, or None for a
+        dense model (or one not run yet)."""
+        layers = model.moe_layers()
+        if not layers or any(layer.routing is None for layer in layers):
             return None
-        return torch.stack([rows[i].detach().float().cpu() for i in sorted(rows)])
+        return torch.stack([layer.routing.load.float().cpu() for layer in layers])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        stats = outputs.get("stats") if isinstance(outputs, dict) else None
-        load = self.load_matrix(stats or {})
+        load = self.load_matrix(pl_module.model)
         if load is None:
             return
         step = trainer.global_step

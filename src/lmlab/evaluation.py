@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 
+from lmlab.errors import check_choice
 from lmlab.extrapolation import extrapolation, format_table
 
 SPLITS = ("auto", "train", "val", "test", "all")
 
 
 def resolve_split(split: str, datamodule) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"split: unknown {split!r}; valid choices: {', '.join(SPLITS)}")
+    check_choice("split", split, SPLITS)
     if split != "auto":
         return split
     if datamodule.source == "text":

@@ -21,9 +21,13 @@ from lmlab.data.datamodule import FixedWindows
 TOKENS_PER_BATCH = 1024  # logits of (windows x length) tokens x vocab at a time: ~200 MB in fp32
 
 
-def position_limit(model) -> int | None:
-    """The most positions the model can encode (a learned table's rows), or None: unlimited."""
-    return getattr(model.position, "context_length", None)
+def encodes(model, length: int) -> bool:
+    """Whether the model can encode positions 0 .. length-1 (a learned table: not past its rows)."""
+    try:
+        model.position.check_positions(length)
+    except ValueError:
+        return False
+    return True
 
 
 @torch.no_grad()
@@ -58,13 +62,12 @@ def extrapolation(model, tokens: np.ndarray, factors: list[float], trained_lengt
     is shorter than one window."""
     was_training = model.training
     model.eval()
-    limit = position_limit(model)
     rows = []
     for factor in factors:
         length = int(round(factor * trained_length))
         row = {"factor": factor, "length": length, "loss": None, "ppl": None, "windows": 0,
                "by_position": None}
-        if (limit is None or length <= limit) and len(tokens) > length + 1:
+        if encodes(model, length) and len(tokens) > length + 1:
             losses = token_losses(model, tokens, length, max_windows)
             loss = float(losses.double().mean())
             row.update(loss=loss, ppl=math.exp(loss), windows=len(losses),

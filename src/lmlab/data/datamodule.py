@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lmlab.data.corpus import shakespeare_plays, text_files
+from lmlab.data.corpus import check_text_files, shakespeare_plays, text_files
 from lmlab.data.tokenizer import get_tokenizer
+from lmlab.errors import check_choice
 
 
 def split_documents(
@@ -31,11 +32,8 @@ def split_documents(
     document) or of the documents is held out for validation. ``test`` is empty without
     ``test_docs``."""
     for key, names in (("val_docs", val_docs), ("test_docs", test_docs)):
-        unknown = [d for d in names or [] if d not in docs]
-        if unknown:
-            raise ValueError(
-                f"data.{key}: unknown document(s) {unknown}; valid choices: {', '.join(docs)}"
-            )
+        for name in names or []:
+            check_choice(f"data.{key}", name, list(docs))
     test = [docs[n] for n in test_docs or []]
     docs = {n: t for n, t in docs.items() if n not in (test_docs or [])}
     if val_docs:
@@ -144,15 +142,10 @@ class TokenDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ):
         super().__init__()
-        if source not in ("shakespeare", "text"):
-            raise ValueError(f"data.source: unknown {source!r}; valid choices: shakespeare, text")
+        check_choice("data.source", source, ("shakespeare", "text"))
         paths = [path] if isinstance(path, str) else list(path or [])
         if source == "text":
-            if not paths:
-                raise ValueError("data.path: data=text needs data.path=<file> (or a list of files)")
-            for p in paths:  # fail before any model is built
-                if not Path(p).expanduser().is_file():
-                    raise FileNotFoundError(f"data.path: no such file: {p}")
+            check_text_files(paths)  # fail before any model is built
         self.source, self.paths = source, paths
         self.val_docs = list(val_docs) if val_docs else None
         self.test_docs = list(test_docs) if test_docs else None
@@ -181,8 +174,7 @@ class TokenDataModule(L.LightningDataModule):
         if split == "all":
             texts = list(self.documents().values())
             return load_tokens(tokenize_to_file(texts, self.tokenizer_name, self.cache_dir))
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split: unknown {split!r}; valid choices: train, val, test, all")
+        check_choice("split", split, ("train", "val", "test", "all"))
         if not self.token_files:
             self.prepare_data()
         if split not in self.token_files:
