@@ -2,9 +2,11 @@
 
 Reads each job directory of the sweep (``<job>/.hydra/overrides.yaml``, ``<job>/metrics.json``
 written by ``train.py``, ``<job>/csv/metrics.csv`` written by the CSV logger) and writes
-``report.md`` and ``val_loss.png`` into the sweep directory. Jobs that differ only in ``seed`` are
-one arm: their numbers are shown as mean ± std over the seeds. Works on a running sweep too: a job
-without a final ``metrics.json`` is shown as running, with the validation curve it has so far.
+``report.md``, ``val_loss.png`` and ``extrapolation.png`` into the sweep directory. Jobs that differ
+only in ``seed`` are one arm: their numbers are shown as mean ± std over the seeds, then compared
+with a baseline arm (``lmlab.comparison``: intervals, paired tests, verdicts). Works on a running
+sweep too: a job without a final ``metrics.json`` is shown as running, with the validation curve it
+has so far.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def _shown(path: Path) -> str:
 
 def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
                 baseline: str | None = None) -> Path:
-    """Write ``report.md`` and ``val_loss.png`` for the sweep in ``sweep_dir``; return report.md.
+    """Write ``report.md`` and its plots for the sweep in ``sweep_dir``; return report.md.
     ``baseline``: the arm the others are compared with (its label, or a unique part of it);
     default: the first arm."""
     sweep_dir = Path(sweep_dir)
@@ -191,6 +193,7 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     if plot_val_loss(arms, out / "val_loss.png"):
         parts.append("![validation loss per arm](val_loss.png)\n")
     parts += extrapolation_section(arms, out)
+
     def arm_of(j: Job) -> str:
         return " ".join(o for o in j.overrides if override_key(o) in varied)
 
