@@ -147,3 +147,24 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert a == b
     state = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert state["global_step"] == 6
+
+
+def test_rescore_a_finished_sweep_at_several_lengths(trained, tmp_path):
+    """python -m lmlab.rescore: the best checkpoint of each completed job, every window of the
+    test play at each length, stored in the job's metrics.json for the report."""
+    import shutil
+
+    run_dir, _ = trained
+    sweep = tmp_path / "sweep"
+    shutil.copytree(run_dir, sweep / "0")
+    proc = subprocess.run([sys.executable, "-m", "lmlab.rescore", str(sweep), "--extrapolate", "1,2",
+                           "--cache-dir", str(run_dir.parent / "cache")], cwd=ROOT, text=True,
+                          capture_output=True, timeout=240,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ex = json.loads((sweep / "0" / "metrics.json").read_text())["extrapolation"]
+    assert ex["split"] == "test" and ex["context_length"] == 16
+    one, two = ex["extrapolation"]
+    assert one["length"] == 16 and one["loss"] > 0 and one["windows"] == (30361 - 17) // 16 + 1
+    assert two["length"] == 32 and two["loss"] is None  # the learned table has 16 rows
+    assert "job 0: test loss" in proc.stdout

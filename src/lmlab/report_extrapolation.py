@@ -49,7 +49,8 @@ def extrapolation_section(arms: list, out_dir: Path) -> list[str]:
     return ["## Length extrapolation\n",
             f"Loss of each job's best checkpoint on the {ex.get('split', 'held-out')} split at "
             f"multiples of the trained context ({trained} tokens): every window of the split at "
-            "each length, mean over seeds [95% t-interval]. n/a: the model cannot encode those "
-            "positions (a learned table has no rows past its length).\n",
+            "each length (the same text, with more or less context), mean over seeds [95% "
+            "t-interval]. n/a: the model cannot encode those positions (a learned table has no "
+            "rows past its length).\n",
             "\n".join(lines) + "\n",
             "![loss against evaluation length](extrapolation.png)\n"]

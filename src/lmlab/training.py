@@ -177,8 +177,8 @@ def held_out(cfg: DictConfig, trainer: L.Trainer, module, datamodule) -> dict:
         out.update(test_loss=test, test_ppl=math.exp(test))
     if trainer.is_global_zero and cfg.get("extrapolate"):
         split = "test" if datamodule.has_test_split else "val"
-        # data.val_windows windows at each length: at 1x exactly the windows of test_loss
-        result = score(module.model, datamodule, split, cfg.extrapolate, cfg.data.val_windows)
+        # every window of the split at each length: the same text, with more or less context
+        result = score(module.model, datamodule, split, cfg.extrapolate, max_windows=None)
         out["extrapolation"] = {k: result[k] for k in ("split", "context_length", "extrapolation")}
         log.info(summary(result))
     return out
