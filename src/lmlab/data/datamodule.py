@@ -137,6 +137,7 @@ class TokenDataModule(L.LightningDataModule):
         batch_size: int = 16,
         train_samples: int = 100_000,
         val_windows: int | None = 64,
+        test_windows: int | None = None,
         seed: int = 0,
         cache_dir: str = "outputs/cache",
         num_workers: int = 0,
@@ -152,6 +153,7 @@ class TokenDataModule(L.LightningDataModule):
         self.val_fraction, self.tokenizer_name = val_fraction, tokenizer
         self.context_length, self.batch_size = context_length, batch_size
         self.train_samples, self.val_windows = train_samples, val_windows
+        self.test_windows = test_windows
         self.seed, self.cache_dir, self.num_workers = seed, Path(cache_dir), num_workers
         self.token_files: dict[str, Path] = {}
 
@@ -197,8 +199,9 @@ class TokenDataModule(L.LightningDataModule):
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        """The test split's windows, as many as validation's: the comparison's figures."""
+        """The test split's windows (all of them unless ``test_windows``): the figures arms are
+        compared on, scored once per run, so as precise as the split allows."""
         if self.test_tokens is None:
             raise ValueError("data.test_docs: no test split configured")
-        ds = FixedWindows(self.test_tokens, self.context_length, self.val_windows)
+        ds = FixedWindows(self.test_tokens, self.context_length, self.test_windows)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
