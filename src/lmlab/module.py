@@ -88,6 +88,15 @@ class LanguageModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/ppl", torch.exp(loss), sync_dist=False)
 
+    def test_step(self, batch, batch_idx):
+        ce, _ = self._step(batch)
+        self.val_loss.update(ce, weight=batch.shape[0])
+
+    def on_test_epoch_end(self):
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("test/loss", loss, sync_dist=False)
+
     def configure_optimizers(self):
         hp = self.hparams
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
