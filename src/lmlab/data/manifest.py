@@ -22,10 +22,12 @@ def split_tokens(split_dir: Path) -> int:
     return sum(int(c["dim"] or 0) for c in index["chunks"])
 
 
-def write_manifest(out_dir: Path, record: dict) -> None:
+def write_manifest(out_dir: Path, record: dict) -> dict:
+    record = {"format": FORMAT, **record}
     tmp = out_dir / f".{MANIFEST}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps({"format": FORMAT, **record}, indent=2))
+    tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, out_dir / MANIFEST)  # atomic: the manifest is there whole or not at all
+    return record
 
 
 def read_manifest(path: str | Path) -> dict:

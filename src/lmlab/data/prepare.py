@@ -23,6 +23,9 @@ from lmlab.data.sources import Source, open_source
 from lmlab.data.tokenizer import get_tokenizer
 
 
+GROUP_CHARS = 1 << 21  # characters tokenized at a time: Python's token lists stay ~100 MB at most
+
+
 def token_dtype(n_vocab: int) -> np.dtype:
     return np.dtype(np.uint16 if n_vocab <= 2**16 else np.uint32)
 
@@ -45,15 +48,29 @@ class TokenizeUnit:
             kept = [(t, end) for t, end in batch if in_split(t, self.split, self.val_fraction)]
             if not kept:
                 continue
-            ids = enc.encode_ordinary_batch([t for t, _ in kept], num_threads=1)
-            parts = [np.asarray(i + [enc.eot_token] if end else i, dtype=dtype)
-                     for i, (_, end) in zip(ids, kept)]
-            yield np.concatenate(parts)  # (tokens,) of this batch
+            for group in _by_size(kept, GROUP_CHARS):
+                ids = enc.encode_ordinary_batch([t for t, _ in group], num_threads=1)
+                parts = [np.asarray(i + [enc.eot_token] if end else i, dtype=dtype)
+                         for i, (_, end) in zip(ids, group)]
+                yield np.concatenate(parts)  # (tokens,) of this group
+
+
+def _by_size(docs: list[tuple[str, bool]], max_chars: int):
+    """Consecutive groups of documents of at most ``max_chars`` characters (or one document)."""
+    group, size = [], 0
+    for doc in docs:
+        if group and size + len(doc[0]) > max_chars:
+            yield group
+            group, size = [], 0
+        group.append(doc)
+        size += len(doc[0])
+    if group:
+        yield group
 
 
 def prepare(source: str, out_dir: str, column: str = "text", tokenizer: str = "gpt2",
             val_fraction: float = 0.0005, workers: int = 1, split: str = "train",
-            chunk_bytes: str = "64MB", overwrite: bool = False) -> dict:
+            chunk_bytes: str = "16MB", overwrite: bool = False) -> dict:
     """Tokenize ``source`` into ``out_dir``; return the manifest."""
     from litdata import TokensLoader, optimize
 
@@ -98,8 +115,7 @@ def prepare(source: str, out_dir: str, column: str = "text", tokenizer: str = "g
                 "dtype": token_dtype(enc.n_vocab).name, "val_fraction": val_fraction,
                 "tokens": tokens, "seconds": round(time.perf_counter() - t0, 2),
                 "lmlab_version": __version__}
-    write_manifest(out, manifest)
-    return manifest
+    return write_manifest(out, manifest)
 
 
 def _tokens_or_zero(split_dir: Path) -> int:
@@ -118,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", default="gpt2")
     p.add_argument("--val-fraction", type=float, default=0.0005, help="share of documents held out")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
-    p.add_argument("--chunk-bytes", default="64MB", help="size of each shard file")
+    p.add_argument("--chunk-bytes", default="16MB",
+                   help="size of each shard file; a worker holds about 4x this in memory")
     p.add_argument("--overwrite", action="store_true", help="rebuild a complete preparation")
     a = p.parse_args(argv)
     try:

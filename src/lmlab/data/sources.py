@@ -16,7 +16,7 @@ from typing import Iterator
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
-BATCH_ROWS = 1000  # documents read and tokenized at a time
+BATCH_ROWS = 256  # documents read at a time
 KINDS = "text files, JSONL, Parquet, a `datasets` save_to_disk directory, a hub dataset name"
 
 
@@ -112,7 +112,8 @@ def _pieces(path: Path, size: int = 1 << 16) -> Iterator[str]:
 def _stream_files(kind: str, files: list[str]):
     from datasets import load_dataset
 
-    return load_dataset(kind, data_files=files, split="train", streaming=True)
+    options = {"chunksize": 1 << 20} if kind == "json" else {}  # bytes parsed at a time
+    return load_dataset(kind, data_files=files, split="train", streaming=True, **options)
 
 
 def _files(path: Path, kind: str) -> list[str]:

@@ -1,0 +1,191 @@
+"""Corpus preparation into litdata token shards, and training on them (`data=tokens`)."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lmlab.data.corpus import shakespeare_plays
+from lmlab.data.manifest import read_manifest
+from lmlab.data.prepare import prepare
+from lmlab.data.tokenizer import get_tokenizer
+from lmlab.data.tokens import ShardDataModule
+from tests.conftest import ROOT
+from tests.test_train_cli import FAST, run
+
+
+@pytest.fixture(scope="module")
+def docs():
+    """Real text: the paragraphs of four plays, one document each (a few empty ones included)."""
+    plays = list(shakespeare_plays().values())[:4]
+    return [p for t in plays for p in t.split("\n\n")] + ["", ""]
+
+
+def expected_tokens(docs):
+    enc = get_tokenizer("gpt2")  # one end-of-text token after every non-empty document
+    return sum(len(enc.encode_ordinary(d)) + 1 for d in docs if d)
+
+
+def write_sources(docs, tmp):
+    jsonl = tmp / "c.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "text": d}) + "\n" for i, d in enumerate(docs)))
+    parquet = tmp / "c.parquet"
+    pq.write_table(pa.table({"content": docs, "n": list(range(len(docs)))}), parquet,
+                   row_group_size=500)
+    from datasets import Dataset
+
+    saved = tmp / "saved"
+    Dataset.from_dict({"text": docs}).save_to_disk(str(saved))
+    return {"jsonl": (jsonl, "text"), "parquet": (parquet, "content"), "saved": (saved, "text")}
+
+
+@pytest.fixture(scope="module")
+def prepared(docs, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("prep")
+    out = {}
+    for name, (src, column) in write_sources(docs, tmp).items():
+        out[name] = (tmp / f"out-{name}", prepare(str(src), str(tmp / f"out-{name}"), column=column,
+                                                  val_fraction=0.05, workers=2))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "saved"])
+def test_token_counts_equal_the_tokenizers_count_over_the_source(prepared, docs, kind):
+    out, manifest = prepared[kind]
+    assert manifest["tokens"]["train"] + manifest["tokens"]["val"] == expected_tokens(docs)
+    assert 0 < manifest["tokens"]["val"] < 0.2 * manifest["tokens"]["train"]
+    assert manifest["dtype"] == "uint16" and manifest["vocab_size"] == 50257
+    assert read_manifest(out) == manifest  # written whole, agrees with the shards
+
+
+def test_all_sources_give_the_same_split(prepared):
+    tokens = {k: m["tokens"] for k, (_, m) in prepared.items()}
+    assert tokens["jsonl"] == tokens["parquet"] == tokens["saved"]  # the split hashes each text
+
+
+def test_text_files_are_read_in_pieces_with_the_same_tokens(docs, tmp_path):
+    enc = get_tokenizer("gpt2")
+    texts = ["\n\n".join(docs[: len(docs) // 2]), "\n\n".join(docs[len(docs) // 2 :])]
+    for i, t in enumerate(texts):
+        (tmp_path / f"{i}.txt").write_text(t)  # each ~170 KB: several 64 KB pieces
+    m = prepare(str(tmp_path), str(tmp_path / "out"), val_fraction=0.1)
+    assert sum(m["tokens"].values()) == sum(len(enc.encode_ordinary(t)) + 1 for t in texts)
+
+
+def test_windows_read_back_are_the_sources_tokens(prepared, docs):
+    out, _ = prepared["jsonl"]
+    dm = ShardDataModule(str(out), context_length=15, batch_size=4, val_windows=None)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch.shape == (4, 16) and batch.dtype.is_floating_point is False
+    enc = get_tokenizer("gpt2")
+    stream = np.concatenate([enc.encode_ordinary(d) + [enc.eot_token] for d in docs if d])
+    first = batch[0].numpy()  # a window of the held-out split occurs verbatim in the source
+    hits = np.flatnonzero(stream == first[0])
+    assert any((stream[h : h + 16] == first).all() for h in hits if h + 16 <= len(stream))
+
+
+def test_train_a_few_steps_on_shards(prepared, tmp_path):
+    out, _ = prepared["parquet"]
+    run("train.py", *FAST, "data=tokens", f"data.path={out}", f"hydra.run.dir={tmp_path / 'r'}",
+        "sample.prompt=KING:")
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["val_loss"] < 10.8
+
+
+def test_clear_errors(prepared, tmp_path):
+    src = tmp_path / "c.jsonl"
+    src.write_text(json.dumps({"body": "x", "id": 1}) + "\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/prepare_data.py"), str(src),
+                           str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"lmlab: error: --column: 'text' is not a column of {src}; "
+                                   "valid choices: body, id")
+    src.write_text(json.dumps({"text": ""}) + "\n")
+    with pytest.raises(ValueError, match="empty corpus"):
+        prepare(str(src), str(tmp_path / "o"))
+    out, _ = prepared["jsonl"]
+    with pytest.raises(ValueError, match="data.tokenizer: 'r50k_base' does not match .* 'gpt2'"):
+        ShardDataModule(str(out), tokenizer="r50k_base")
+    with pytest.raises(ValueError, match="model.vocab_size: 1000 is smaller"):
+        ShardDataModule(str(out), vocab_size=1000)
+    with pytest.raises(ValueError, match="already holds a prepared corpus; pass --overwrite"):
+        prepare(str(tmp_path / "c.jsonl"), str(out))
+
+
+def test_a_killed_preparation_is_never_trusted_and_is_rebuilt(tmp_path):
+    """SIGKILL the preparation once the train shards exist: no manifest, refused, rebuilt."""
+    src = tmp_path / "big.jsonl"
+    plays = list(shakespeare_plays().values())
+    with open(src, "w") as f:
+        for i in range(12):
+            f.write(json.dumps({"text": plays[i % len(plays)]}) + "\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab.data.prepare", str(src), str(out),
+                             "--val-fraction", "0.3"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "train" / "index.json").exists() and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if not (out / "manifest.json").exists():  # killed in time (the usual case)
+        with pytest.raises(ValueError, match="is not a prepared corpus"):
+            read_manifest(out)
+    m = prepare(str(src), str(out), val_fraction=0.3)
+    assert read_manifest(out) == m and m["tokens"]["val"] > 0
+
+
+MEMORY_PROBE = textwrap.dedent("""
+    import json, random, resource, sys
+    from lmlab.data.prepare import prepare
+    src, out, mb = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    random.seed(0)
+    words = open(sys.argv[4]).read().split()
+    with open(src, "w") as f:  # documents of 2,000 random words of a real text
+        n = 0
+        while n < mb * 2**20:
+            line = json.dumps({"text": " ".join(random.choices(words, k=2000))}) + "\\n"
+            f.write(line); n += len(line)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    m = prepare(src, out, val_fraction=0.01, workers=2, chunk_bytes="1MB")
+    print(json.dumps({"tokens": m["tokens"], "before_kb": before,
+                      "self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      "children_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+""")
+
+
+def peak_rss_mb(tmp_path, corpus_mb):
+    words = tmp_path / "words.txt"
+    words.write_text(" ".join(list(shakespeare_plays().values())[:3]))
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path / f"c{corpus_mb}.jsonl"),
+                           str(tmp_path / f"o{corpus_mb}"), str(corpus_mb), str(words)],
+                          capture_output=True, text=True, check=True)
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    return max(r["self_kb"], r["children_kb"]) / 1024, r["before_kb"] / 1024
+
+
+def check_memory_bounded(tmp_path, corpus_mb, cap_mb):
+    small, _ = peak_rss_mb(tmp_path, 1)
+    big, _ = peak_rss_mb(tmp_path, corpus_mb)
+    growth = big - small  # what the data costs above the imports (torch, datasets, litdata)
+    print(f"peak RSS: {small:.0f} MB for 1 MB of JSONL, {big:.0f} MB for {corpus_mb} MB")
+    assert corpus_mb >= 3 * cap_mb and growth < cap_mb
+
+
+def test_preparation_memory_is_bounded(tmp_path):
+    check_memory_bounded(tmp_path, corpus_mb=24, cap_mb=8)
+
+
+@pytest.mark.slow
+def test_preparation_memory_is_bounded_large(tmp_path):
+    check_memory_bounded(tmp_path, corpus_mb=300, cap_mb=100)
