@@ -183,7 +183,7 @@ def check_memory_bounded(tmp_path, corpus_mb, cap_mb):
 
 
 def test_preparation_memory_is_bounded(tmp_path):
-    check_memory_bounded(tmp_path, corpus_mb=24, cap_mb=8)
+    check_memory_bounded(tmp_path, corpus_mb=12, cap_mb=4)
 
 
 @pytest.mark.slow
