@@ -312,11 +312,7 @@ def save_checkpoint(model: Transformer, path: str | Path, **module_kwargs) -> Pa
 
 
 def load_checkpoint(path: str | Path) -> Transformer:
-    """The Transformer of an lmlab (Lightning) checkpoint."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "hyper_parameters" not in ckpt or "model" not in ckpt["hyper_parameters"]:
-        raise ValueError(f"{path}: not an lmlab checkpoint (no hyper_parameters.model)")
-    model = Transformer(ckpt["hyper_parameters"]["model"])
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
-    return model.eval()
+    """The Transformer of an lmlab (Lightning) checkpoint, on the CPU."""
+    from lmlab.checkpoint import load_module
+
+    return load_module(path, "cpu").model
