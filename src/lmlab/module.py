@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import lightning as L
@@ -11,14 +10,7 @@ from torchmetrics import MeanMetric
 
 from lmlab.model.moe import MoE
 from lmlab.model.transformer import Transformer
-
-
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """LR multiplier: linear warmup from 0 to 1 over ``warmup`` steps, then cosine to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+from lmlab.schedule import ANCHOR_KEY, Schedule, resume_anchor
 
 
 class LanguageModule(L.LightningModule):
@@ -34,6 +26,7 @@ class LanguageModule(L.LightningModule):
         warmup_steps: int = 100,
         max_steps: int = 1000,
         min_lr_ratio: float = 0.1,
+        extend: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()  # plain containers only, so load_from_checkpoint works
@@ -41,6 +34,7 @@ class LanguageModule(L.LightningModule):
         self.val_loss = MeanMetric()
         self._t0: float | None = None
         self._moe_counts: dict[int, torch.Tensor] = {}  # layer -> expert token counts this step
+        self._anchor: tuple[int, float] | None = None  # set when a resumed run extends its length
 
     def forward(self, idx: torch.Tensor):
         return self.model(idx)
@@ -104,7 +98,14 @@ class LanguageModule(L.LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
         opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
-        )
+        schedule = Schedule(hp.warmup_steps, hp.max_steps, hp.min_lr_ratio, self._anchor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resuming: the planned length must match unless ``extend`` (see lmlab.schedule)."""
+        self._anchor = resume_anchor(checkpoint, self.hparams)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._anchor is not None:
+            checkpoint[ANCHOR_KEY] = list(self._anchor)

@@ -17,6 +17,7 @@ from lmlab.callbacks import Diverged, DivergenceGuard, ThroughputMeter
 from lmlab.errors import UserError
 from lmlab.loggers import WandbRuns, make_loggers
 from lmlab.model.moe import active_params
+from lmlab.resume import AtomicCheckpointIO, RNGState
 from lmlab.run_record import hydra_job, record_failure, start_record, write_record
 from lmlab.sampling import sample_text
 
@@ -101,8 +102,9 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     """Fit, then validate the best checkpoint, sample from it and write the final record."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     meter = ThroughputMeter()
-    callbacks += [DivergenceGuard(), meter]
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    callbacks += [DivergenceGuard(), meter, RNGState()]
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                      plugins=[AtomicCheckpointIO()])
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
 
