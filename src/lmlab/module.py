@@ -45,7 +45,7 @@ class LanguageModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         ce, out = self._step(batch)
         loss = ce + sum(out.losses.values())
-        self.log("train/loss", ce, prog_bar=True)
+        self.log("train/loss", ce, prog_bar=True, sync_dist=True)  # the mean over DDP ranks
         for name, value in out.losses.items():
             self.log(f"train/{name}", value)
         if out.stats and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
