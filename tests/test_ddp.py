@@ -46,3 +46,19 @@ def test_moe_under_ddp_with_experts_idle_on_a_rank(tmp_path):
     assert metrics["steps"] == 6 and metrics["val_loss"] < 10.9
     a, b = metrics["param_checksums"]
     assert a == b
+
+
+@pytest.mark.slow
+def test_multirun_with_ddp_runs_each_job_in_its_own_directory(tmp_path):
+    """`-m` + DDP: each job runs as a single run (lmlab.multirun_ddp); no hang, no stray dirs."""
+    sweep = tmp_path / "sweep"
+    run("train.py", "-m", *FAST, *STEPS, *DDP, "seed=0,1", f"hydra.sweep.dir={sweep}",
+        f"paths.cache_dir={tmp_path / 'cache'}", timeout=500)
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    losses = []
+    for job in ("0", "1"):
+        record = json.loads((sweep / job / "metrics.json").read_text())
+        assert record["status"] == "completed" and record["world_size"] == 2
+        assert record["variant"] == [f"seed={job}"]
+        losses.append(logged(sweep / job, "train/loss")[0])
+    assert losses[0] != losses[1]  # two seeds, two runs

@@ -17,6 +17,7 @@ from lmlab.callbacks import Diverged, DivergenceGuard, ThroughputMeter
 from lmlab.errors import UserError
 from lmlab.loggers import WandbRuns, make_loggers
 from lmlab.model.moe import active_params
+from lmlab.multirun_ddp import needs_own_process, run_as_child
 from lmlab.resume import AtomicCheckpointIO, RNGState
 from lmlab.run_record import hydra_job, record_failure, start_record, write_record
 from lmlab.sampling import sample_text
@@ -57,6 +58,8 @@ def train(cfg: DictConfig) -> float | None:
     record and returns NaN so the other jobs go on (Hydra's sweepers would otherwise raise the
     first failure and stop); a single run raises."""
     try:
+        if needs_own_process(cfg):  # multirun + DDP: see lmlab.multirun_ddp
+            return run_as_child(cfg)
         metrics = run_training(cfg)
     except Exception as err:
         record = record_failure(_run_dir(cfg), err, cfg.get("seed"))
