@@ -102,6 +102,15 @@ class LanguageModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """FSDP shards the gradients: its own clip_grad_norm_ computes the global norm."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if gradient_clip_val and isinstance(self.trainer.model, FullyShardedDataParallel):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resuming: the planned length must match unless ``extend`` (see lmlab.schedule)."""
         self._anchor = resume_anchor(checkpoint, self.hparams)

@@ -126,6 +126,12 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
         metrics.update(final_val_loss=float(last_val), final_val_ppl=math.exp(float(last_val)))
     if trainer.fast_dev_run:
         return metrics
+    if is_sharded(trainer):  # the module holds flat parameter shards now: it cannot reload the
+        # best checkpoint nor sample; a single process does both from checkpoints/*.ckpt
+        if trainer.is_global_zero:
+            write_record(out_dir, {**metrics, "checkpoint": trainer.checkpoint_callback.last_model_path,
+                                   "finished": time.time()})
+        return metrics
     metrics.update(validate_best(trainer, module, datamodule))
     if trainer.is_global_zero:
         s = cfg.sample
@@ -139,6 +145,12 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
         metrics["finished"] = time.time()
         write_record(out_dir, metrics)
     return metrics
+
+
+def is_sharded(trainer: L.Trainer) -> bool:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)
 
 
 def validate_best(trainer: L.Trainer, module, datamodule) -> dict:
