@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -29,6 +30,27 @@ class RNGState(L.Callback):
         random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
         kind, keys, pos, has_gauss, gauss = state["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+class StepBoundarySignals(L.Callback):
+    """Holds the pre-emption signal (SIGUSR1) back while training, except at the end of each
+    training batch: Lightning's SLURM handler then saves its checkpoint where ModelCheckpoint
+    saves, between two steps, never halfway through one, so the requeued job resumes exactly."""
+
+    SIGNALS = {signal.SIGUSR1}
+
+    def on_train_start(self, trainer, pl_module):
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)  # a pending signal is handled here
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+
+    def on_train_end(self, trainer, pl_module):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+
+    def on_exception(self, trainer, pl_module, exception):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

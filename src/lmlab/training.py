@@ -18,7 +18,7 @@ from lmlab.errors import UserError
 from lmlab.loggers import WandbRuns, make_loggers
 from lmlab.model.moe import active_params
 from lmlab.multirun_ddp import needs_own_process, run_as_child
-from lmlab.resume import AtomicCheckpointIO, RNGState
+from lmlab.resume import AtomicCheckpointIO, RNGState, StepBoundarySignals
 from lmlab.run_record import hydra_job, record_failure, start_record, write_record
 from lmlab.sampling import sample_text
 
@@ -105,7 +105,7 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     """Fit, then validate the best checkpoint, sample from it and write the final record."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     meter = ThroughputMeter()
-    callbacks += [DivergenceGuard(), meter, RNGState()]
+    callbacks += [DivergenceGuard(), meter, RNGState(), StepBoundarySignals()]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                                       plugins=[AtomicCheckpointIO()])
     t0 = time.perf_counter()
