@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from tests.conftest import ROOT
@@ -56,3 +57,25 @@ def test_preemption_signal_saves_requeues_and_the_requeued_job_resumes(uninterru
     full = logged(uninterrupted[0], "train/loss")  # and exactly: saved between two steps
     assert losses == {s: v for s, v in full.items() if s >= saved_at}
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STEPS
+
+
+@pytest.mark.slow
+def test_a_requeued_job_without_hpc_checkpoint_resumes_from_last(uninterrupted, tmp_path):
+    """Killed outright (no grace signal, or requeued by submitit): the requeued job
+    (SLURM_RESTART_COUNT=1) finds checkpoints/last.ckpt in its run directory and goes on."""
+    env, run_dir = slurm_env(tmp_path), tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), *RESUMABLE, f"hydra.run.dir={run_dir}",
+           f"paths.cache_dir={uninterrupted[1]}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while checkpoint_step(run_dir / "checkpoints" / "last.ckpt") < 20:
+        assert proc.poll() is None and time.time() < deadline, "the run ended before the kill"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    saved_at = checkpoint_step(run_dir / "checkpoints" / "last.ckpt")
+    again = subprocess.run(cmd, env={**env, "SLURM_RESTART_COUNT": "1"}, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    full = logged(uninterrupted[0], "train/loss")
+    assert logged(run_dir, "train/loss") == {s: v for s, v in full.items() if s >= saved_at}

@@ -15,6 +15,21 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
+def requeued_checkpoint(run_dir: Path) -> str | None:
+    """A SLURM job started again by a requeue (``SLURM_RESTART_COUNT`` > 0) in the same run
+    directory resumes from its ``checkpoints/last.ckpt``: the case of a job killed without the
+    grace signal, or requeued by submitit, where no HPC checkpoint was written. Where Lightning's
+    HPC checkpoint exists, None: Lightning loads that one itself."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect() or int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
+        return None
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if list(Path(run_dir).glob("hpc_ckpt_*.ckpt")) or not last.is_file():
+        return None
+    return str(last)
+
+
 class RNGState(L.Callback):
     """Saves and restores the torch, numpy and Python generators of the saving process, so
     dropout and anything else drawing random numbers continues as in an uninterrupted run."""

@@ -18,7 +18,7 @@ from lmlab.errors import UserError
 from lmlab.loggers import WandbRuns, make_loggers
 from lmlab.model.moe import active_params
 from lmlab.multirun_ddp import needs_own_process, run_as_child
-from lmlab.resume import AtomicCheckpointIO, RNGState, StepBoundarySignals
+from lmlab.resume import AtomicCheckpointIO, RNGState, StepBoundarySignals, requeued_checkpoint
 from lmlab.run_record import hydra_job, record_failure, start_record, write_record
 from lmlab.sampling import sample_text
 
@@ -109,7 +109,8 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                                       plugins=[AtomicCheckpointIO()])
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    ckpt_path = cfg.get("ckpt_path") or requeued_checkpoint(out_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     m = module.model
     metrics = dict(record, status="completed", params=m.num_params(), active_params=active_params(m),
