@@ -8,7 +8,6 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from lmlab.model.moe import MoE
 from lmlab.model.transformer import Transformer
 from lmlab.schedule import ANCHOR_KEY, Schedule, resume_anchor
 
@@ -33,7 +32,6 @@ class LanguageModule(L.LightningModule):
         self.model = Transformer(model)
         self.val_loss = MeanMetric()
         self._t0: float | None = None
-        self._moe_counts: dict[int, torch.Tensor] = {}  # layer -> expert token counts this step
         self._anchor: tuple[int, float] | None = None  # set when a resumed run extends its length
 
     def forward(self, idx: torch.Tensor):
@@ -44,27 +42,22 @@ class LanguageModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         ce, out = self._step(batch)
-        loss = ce + sum(out.losses.values())
+        loss = ce + sum(out.aux_losses.values())
         self.log("train/loss", ce, prog_bar=True, sync_dist=True)  # the mean over DDP ranks
-        for name, value in out.losses.items():
+        for name, value in out.aux_losses.items():
             self.log(f"train/{name}", value)
-        if out.stats and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
-            self.log_dict({f"routing/{k}": v.float().mean() for k, v in out.stats.items()
-                           if v.numel() == 1})
-        for i, block in enumerate(self.model.blocks):  # for the MoE bias update after the step
-            if f"layer{i}/counts" in out.stats:
-                self._moe_counts[i] = self._moe_counts.get(i, 0) + out.stats[f"layer{i}/counts"]
-        return {"loss": loss, "stats": out.stats}  # stats reach callbacks (RoutingMonitor)
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            for i, layer in enumerate(self.model.moe_layers()):
+                self.log_dict({f"routing/layer{i}/{k}": v.float()
+                               for k, v in layer.routing.scalars().items()})
+        return loss
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
         # DeepSeek-V3 auxiliary-loss-free balancing: each MoE layer moves its selection bias by
-        # the token counts of the step just taken (summed over ranks so every replica agrees).
-        for i, counts in self._moe_counts.items():
-            ffn = self.model.blocks[i].ffn
-            if isinstance(ffn, MoE):
-                ffn.update_bias(self.trainer.strategy.reduce(counts, reduce_op="sum"))
-        self._moe_counts = {}
+        # its token counts of the step just taken, summed over ranks so every replica agrees.
+        for layer in self.model.moe_layers():
+            layer.update_bias(lambda counts: self.trainer.strategy.reduce(counts, reduce_op="sum"))
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._t0 is None:

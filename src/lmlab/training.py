@@ -10,13 +10,11 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.callbacks import Diverged, DivergenceGuard, ThroughputMeter
 from lmlab.errors import UserError
 from lmlab.loggers import WandbRuns, make_loggers
-from lmlab.model.moe import active_params
 from lmlab.multirun_ddp import needs_own_process, run_as_child
 from lmlab.resume import AtomicCheckpointIO, RNGState, StepBoundarySignals, requeued_checkpoint
 from lmlab.run_record import hydra_job, record_failure, start_record, write_record
@@ -47,7 +45,7 @@ def build_module(cfg: DictConfig):
 
 def describe(module) -> str:
     m = module.model
-    active = active_params(m)
+    active = m.active_params()
     params = f"{m.num_params():,} parameters" + (
         f" ({active:,} active per token)" if active != m.num_params() else "")
     return f"model: {params}, {m.flops_per_token() / 1e6:,.1f} MFLOPs per token (training)"
@@ -113,7 +111,7 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     m = module.model
-    metrics = dict(record, status="completed", params=m.num_params(), active_params=active_params(m),
+    metrics = dict(record, status="completed", params=m.num_params(), active_params=m.active_params(),
                    flops_per_token=m.flops_per_token(), steps=trainer.global_step,
                    world_size=trainer.world_size, train_time_s=time.perf_counter() - t0)
     if trainer.world_size > 1:  # identical on every rank when DDP kept the replicas in sync

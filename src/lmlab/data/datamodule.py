@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from lmlab.data.corpus import check_text_files, shakespeare_plays, text_files
 from lmlab.data.tokenizer import get_tokenizer
 from lmlab.data.window_stream import ResumableLoader, WindowBatches
+from lmlab.errors import check_choice
 
 
 def split_documents(
@@ -28,11 +29,8 @@ def split_documents(
     """Return (train_texts, val_texts). ``val_docs`` names held-out documents; otherwise, the
     last ``val_fraction`` of the text (of a single document) or of the documents is held out."""
     if val_docs:
-        unknown = [d for d in val_docs if d not in docs]
-        if unknown:
-            raise ValueError(
-                f"data.val_docs: unknown document(s) {unknown}; valid choices: {', '.join(docs)}"
-            )
+        for name in val_docs:
+            check_choice("data.val_docs", name, list(docs))
         train = [t for n, t in docs.items() if n not in val_docs]
         val = [docs[n] for n in val_docs]
         return train, val
@@ -116,8 +114,7 @@ class TokenDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ):
         super().__init__()
-        if source not in ("shakespeare", "text"):
-            raise ValueError(f"data.source: unknown {source!r}; valid choices: shakespeare, text")
+        check_choice("data.source", source, ("shakespeare", "text"))
         paths = [path] if isinstance(path, str) else list(path or [])
         if source == "text":
             check_text_files(paths)  # fail before any model is built
