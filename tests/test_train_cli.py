@@ -66,7 +66,8 @@ def test_resume_continues_from_the_checkpoint(trained, tmp_path):
     run_dir, _ = trained
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     before = ckpt.read_bytes()
-    run("train.py", *FAST, "trainer.max_steps=9", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'r'}",
+    run("train.py", *FAST, "trainer.max_steps=9", "module.extend=true", f"ckpt_path={ckpt}",
+        f"hydra.run.dir={tmp_path / 'r'}",
         f"paths.cache_dir={run_dir.parent / 'cache'}")
     state = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert state["global_step"] == 9
