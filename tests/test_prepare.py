@@ -1,8 +1,9 @@
-"""Corpus preparation into litdata token shards, and training on them (`data=tokens`)."""
+"""Corpus preparation into lmlab token shards, and training on them (`data=tokens`)."""
 
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,12 +14,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from lmlab.data.corpus import shakespeare_plays
 from lmlab.data.manifest import read_manifest
 from lmlab.data.prepare import prepare
 from lmlab.data.tokenizer import get_tokenizer
-from lmlab.data.tokens import ShardDataModule
+from lmlab.data.tokens import ShardDataModule, ShardWindowBatches
+from lmlab.data.window_stream import ResumableLoader
 from tests.conftest import ROOT
 from tests.test_train_cli import FAST, run
 
@@ -74,11 +77,14 @@ def test_all_sources_give_the_same_split(prepared):
 
 def test_text_files_are_read_in_pieces_with_the_same_tokens(docs, tmp_path):
     enc = get_tokenizer("gpt2")
-    texts = ["\n\n".join(docs[: len(docs) // 2]), "\n\n".join(docs[len(docs) // 2 :])]
+    texts = ["\n\n".join(docs[i::6]) for i in range(6)]
     for i, t in enumerate(texts):
-        (tmp_path / f"{i}.txt").write_text(t)  # each ~170 KB: several 64 KB pieces
-    m = prepare(str(tmp_path), str(tmp_path / "out"), val_fraction=0.1)
-    assert sum(m["tokens"].values()) == sum(len(enc.encode_ordinary(t)) + 1 for t in texts)
+        (tmp_path / f"{i}.txt").write_text(t)  # each ~100 KB: several 64 KB pieces
+    m = prepare(str(tmp_path), str(tmp_path / "out"), val_fraction=0.4)
+    counts = [len(enc.encode_ordinary(t)) + 1 for t in texts]
+    assert sum(m["tokens"].values()) == sum(counts)
+    held_out = {sum(c for i, c in enumerate(counts) if k >> i & 1) for k in range(64)}
+    assert m["tokens"]["val"] in held_out  # each file (one document) lies whole in one split
 
 
 def test_windows_read_back_are_the_sources_tokens(prepared, docs):
@@ -91,6 +97,51 @@ def test_windows_read_back_are_the_sources_tokens(prepared, docs):
     first = batch[0].numpy()  # a window of the held-out split occurs verbatim in the source
     hits = np.flatnonzero(stream == first[0])
     assert any((stream[h : h + 16] == first).all() for h in hits if h + 16 <= len(stream))
+
+
+def shard_stream(out, seed=0, **kw):
+    return ShardDataModule(str(out), context_length=15, batch_size=4, seed=seed, **kw)
+
+
+def test_two_ranks_take_disjoint_windows_of_each_global_batch(prepared):
+    windows = shard_stream(prepared["jsonl"][0]).windows["train"]
+    n_batches = len(windows) // 8  # one epoch of global batches of 8
+    ranks = [ShardWindowBatches(windows, 4, n_batches, seed=0, rank=r, world_size=2) for r in (0, 1)]
+    single = ShardWindowBatches(windows, 8, n_batches, seed=0)
+    seen = [[j for b in range(n_batches) for j in r.corpus_windows(b)] for r in ranks]
+    assert not set(seen[0]) & set(seen[1])  # no window on both ranks
+    assert len(set(seen[0] + seen[1])) == n_batches * 8  # none repeats within the epoch
+    for b in (0, n_batches - 1):  # 2 ranks of 4 = 1 process of 8, window for window
+        assert ranks[0].corpus_windows(b) + ranks[1].corpus_windows(b) == single.corpus_windows(b)
+        assert torch.equal(torch.cat([ranks[0].batch(b), ranks[1].batch(b)]), single.batch(b))
+
+
+def test_the_same_seed_gives_the_same_order_and_a_resume_continues_it(prepared):
+    out, _ = prepared["jsonl"]
+
+    def first_batches(seed, done=0, k=4):
+        dm = shard_stream(out, seed, train_samples=40)
+        dm.load_state_dict({"train_batches": done})  # what a checkpoint restores
+        return [b for _, b in zip(range(k), dm.train_dataloader())]
+
+    a, again, other = first_batches(0), first_batches(0), first_batches(1)
+    assert all(torch.equal(x, y) for x, y in zip(a, again))
+    assert not torch.equal(a[0], other[0])
+    loader = shard_stream(out, 0, train_samples=40).train_dataloader()
+    assert isinstance(loader, ResumableLoader) and len(loader) == 10
+    assert loader.dataset.corpus_windows(0) != [0, 1, 2, 3]  # shuffled, not shard order
+    resumed = first_batches(0, done=2, k=2)  # a run resumed after 2 batches goes on with batch 2
+    assert torch.equal(resumed[0], a[2]) and torch.equal(resumed[1], a[3])
+
+
+def test_a_shard_of_the_wrong_size_is_refused(prepared, tmp_path):
+    out, manifest = prepared["parquet"]
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shard = copy / "train" / manifest["shards"]["train"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-2])  # one token short
+    with pytest.raises(ValueError, match="has .* bytes, the manifest says .*: prepare it again"):
+        read_manifest(copy)
 
 
 def test_train_a_few_steps_on_shards(prepared, tmp_path):
@@ -130,10 +181,10 @@ def test_a_killed_preparation_is_never_trusted_and_is_rebuilt(tmp_path):
             f.write(json.dumps({"text": plays[i % len(plays)]}) + "\n")
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "lmlab.data.prepare", str(src), str(out),
-                             "--val-fraction", "0.3"], stdout=subprocess.DEVNULL,
+                             "--val-fraction", "0.3", "--shard-mb", "0.01"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
-    while not (out / "train" / "index.json").exists() and proc.poll() is None:
+    while not list((out / "train").glob("shard-*.bin")) and proc.poll() is None:
         assert time.time() < deadline
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -157,7 +208,7 @@ MEMORY_PROBE = textwrap.dedent("""
             line = json.dumps({"text": " ".join(random.choices(words, k=2000))}) + "\\n"
             f.write(line); n += len(line)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    m = prepare(src, out, val_fraction=0.01, workers=2, chunk_bytes="1MB")
+    m = prepare(src, out, val_fraction=0.01, workers=2, shard_mb=1)
     print(json.dumps({"tokens": m["tokens"], "before_kb": before,
                       "self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                       "children_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
@@ -177,7 +228,7 @@ def peak_rss_mb(tmp_path, corpus_mb):
 def check_memory_bounded(tmp_path, corpus_mb, cap_mb):
     small, _ = peak_rss_mb(tmp_path, 1)
     big, _ = peak_rss_mb(tmp_path, corpus_mb)
-    growth = big - small  # what the data costs above the imports (torch, datasets, litdata)
+    growth = big - small  # what the data costs above the imports (torch, datasets)
     print(f"peak RSS: {small:.0f} MB for 1 MB of JSONL, {big:.0f} MB for {corpus_mb} MB")
     assert corpus_mb >= 3 * cap_mb and growth < cap_mb
 

@@ -1,8 +1,9 @@
 """The manifest of a prepared corpus: written last and atomically, it marks the shards as complete.
 
-``<dir>/manifest.json`` names the tokenizer, its vocabulary size, the token dtype, the number of
-tokens of each split (``<dir>/train``, ``<dir>/val``: litdata chunks with their ``index.json``), the
-source and the lmlab version. A directory without a valid manifest is never trained on.
+``<dir>/manifest.json`` names the tokenizer, its vocabulary size, the token dtype, every shard of
+each split (``<dir>/train``, ``<dir>/val``: lmlab.data.shards files) with its token count, the
+totals per split, the source and the lmlab version. A directory without a valid manifest, or
+whose shards do not have the sizes it lists, is never trained on.
 """
 
 from __future__ import annotations
@@ -11,15 +12,11 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
-FORMAT = 1
-
-
-def split_tokens(split_dir: Path) -> int:
-    """Tokens in a litdata split, from its index.json (each chunk's ``dim`` counts its tokens)."""
-    index = json.loads((split_dir / "index.json").read_text())
-    return sum(int(c["dim"] or 0) for c in index["chunks"])
+FORMAT = 2  # 1: litdata chunks (no longer read)
 
 
 def write_manifest(out_dir: Path, record: dict) -> dict:
@@ -31,7 +28,7 @@ def write_manifest(out_dir: Path, record: dict) -> dict:
 
 
 def read_manifest(path: str | Path) -> dict:
-    """The manifest of a prepared directory, checked against its shards; ValueError if the
+    """The manifest of a prepared directory, checked against its shards' sizes; ValueError if the
     directory is not a complete preparation."""
     out_dir = Path(path).expanduser()
     file = out_dir / MANIFEST
@@ -39,14 +36,21 @@ def read_manifest(path: str | Path) -> dict:
         raise ValueError(f"data.path: {path} is not a prepared corpus (no {MANIFEST}; an interrupted "
                          f"preparation leaves none): run `python scripts/prepare_data.py SOURCE {path}`")
     manifest = json.loads(file.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"data.path: {path} was prepared in format {manifest.get('format')}, this "
+                         f"lmlab reads format {FORMAT}: prepare it again")
+    itemsize = np.dtype(manifest["dtype"]).itemsize
     for split in SPLITS:
-        try:
-            found = split_tokens(out_dir / split)
-        except (OSError, ValueError, KeyError):
-            found = None
-        if found != manifest["tokens"][split]:
-            raise ValueError(f"data.path: the {split} shards of {path} hold {found} tokens, the "
-                             f"manifest says {manifest['tokens'][split]}: prepare it again")
+        shards = manifest["shards"][split]
+        for s in shards:
+            f = out_dir / split / s["file"]
+            size = f.stat().st_size if f.is_file() else None
+            if size != s["tokens"] * itemsize:
+                raise ValueError(f"data.path: {f} has {size} bytes, the manifest says "
+                                 f"{s['tokens']} {manifest['dtype']} tokens: prepare it again")
+        if sum(s["tokens"] for s in shards) != manifest["tokens"][split]:
+            raise ValueError(f"data.path: the {split} shards of {path} do not add up to the "
+                             f"manifest's {manifest['tokens'][split]} tokens: prepare it again")
     return manifest
 
 

@@ -1,10 +1,14 @@
-"""Train on a prepared corpus (``data=tokens data.path=<dir>``): litdata token shards.
+"""Train on a prepared corpus (``data=tokens data.path=<dir>``): lmlab token shards.
 
-Windows of ``context_length + 1`` tokens are read from the shards by litdata's StreamingDataset
-(``TokensLoader(block_size)``: non-overlapping windows, shuffled by ``seed``), which splits the
-windows among DDP ranks and dataloader workers by itself. Its StreamingDataLoader has a
-``state_dict``, so Lightning stores the data position in every checkpoint and a resumed run goes on
-from there. The manifest is checked before any model is built.
+The training stream is the non-overlapping windows of ``context_length + 1`` tokens inside the
+shards (lmlab.data.shards.ShardWindows), in an order drawn from ``seed``: window ``i`` of the stream
+is window ``perm_e[i % n]`` of the corpus, ``e = i // n`` the epoch and ``perm_e`` a numpy
+permutation drawn from ``(seed, e)``. Batches are planned, divided among DDP ranks and resumed
+exactly as the Shakespeare windows are (lmlab.data.window_stream, TokenDataModule's state): each
+rank takes its slice of every global batch, and a resumed run starts at its checkpoint's batch.
+Validation reads up to ``val_windows`` evenly spaced windows of the held-out split. Shards are
+memory-mapped; the permutation costs 4 bytes per window. The manifest is checked before any model
+is built.
 """
 
 from __future__ import annotations
@@ -14,17 +18,67 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
+from lmlab.data.datamodule import TokenDataModule
 from lmlab.data.manifest import check_tokenizer, read_manifest
+from lmlab.data.shards import ShardWindows
+from lmlab.data.window_stream import ResumableLoader, WindowBatches
 
 
-def stack_windows(items: list[np.ndarray]) -> torch.Tensor:
-    """(B, T+1) int64 from B windows stored as uint16/uint32."""
-    return torch.from_numpy(np.stack(items).astype(np.int64))
+def window_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """(n,) a permutation of the window ids, the same for every rank and run with this seed."""
+    order = np.arange(n, dtype=np.uint32 if n < 2**32 else np.int64)
+    np.random.default_rng([seed, epoch]).shuffle(order)
+    return order
 
 
-class ShardDataModule(L.LightningDataModule):
-    """Serves (B, T+1) token windows of ``path/train`` and ``path/val``."""
+class ShardWindowBatches(WindowBatches):
+    """WindowBatches (a rank's slice of each global batch, starting at ``start``) over shard
+    windows in the seed's order instead of random offsets into one array."""
+
+    def __init__(self, windows: ShardWindows, batch_size: int, n_batches: int, seed: int,
+                 rank: int = 0, world_size: int = 1, start: int = 0):
+        # WindowBatches' constructor takes one token array; the fields its methods use are these
+        self.windows, self.B, self.n_batches, self.seed = windows, batch_size, n_batches, seed
+        self.rank, self.world_size, self.start = rank, world_size, start
+        self._orders: dict[int, np.ndarray] = {}
+
+    def corpus_windows(self, b: int) -> list[int]:
+        """Ids (into ``windows``) of this rank's windows of batch ``b``."""
+        n = len(self.windows)
+        return [int(self._order(i // n)[i % n]) for i in self.window_ids(b)]
+
+    def batch(self, b: int) -> torch.Tensor:
+        rows = np.stack([self.windows[j] for j in self.corpus_windows(b)])  # (B, T+1)
+        return torch.from_numpy(rows.astype(np.int64))
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:  # a batch spans at most two epochs
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = window_order(self.seed, epoch, len(self.windows))
+        return self._orders[epoch]
+
+
+class SpacedWindows(Dataset):
+    """Up to ``max_windows`` evenly spaced windows of a split, as (T+1,) int64 (validation)."""
+
+    def __init__(self, windows: ShardWindows, max_windows: int | None):
+        n = len(windows)
+        self.windows = windows
+        self.ids = np.linspace(0, n - 1, min(n, max_windows or n)).round().astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.windows[int(self.ids[i])].astype(np.int64))
+
+
+class ShardDataModule(TokenDataModule):
+    """Serves (B, T+1) token windows of ``path/train`` and ``path/val``; batch planning, rank
+    split and the resumed data position (state_dict) are TokenDataModule's."""
 
     def __init__(
         self,
@@ -33,35 +87,53 @@ class ShardDataModule(L.LightningDataModule):
         vocab_size: int = 50257,
         context_length: int = 256,
         batch_size: int = 16,
+        train_samples: int | None = None,
         val_windows: int | None = 64,
         seed: int = 0,
         num_workers: int = 0,
     ):
-        super().__init__()
+        L.LightningDataModule.__init__(self)  # not TokenDataModule's: there is no text to read
         self.manifest = read_manifest(path)
         check_tokenizer(self.manifest, tokenizer, vocab_size, path)
         self.path, self.tokenizer_name = Path(path).expanduser().resolve(), tokenizer
         self.context_length, self.batch_size = context_length, batch_size
-        self.val_windows, self.seed, self.num_workers = val_windows, seed, num_workers
+        self.train_samples, self.val_windows = train_samples, val_windows
+        self.seed, self.num_workers = seed, num_workers
+        self._batches_done = 0  # restored from a checkpoint by load_state_dict
+        self.windows = {}
         for split in ("train", "val"):
-            windows = self.manifest["tokens"][split] // (context_length + 1)
-            if windows < 1:
-                raise ValueError(f"data.path: the {split} split of {path} has "
-                                 f"{self.manifest['tokens'][split]} tokens, fewer than a window of "
-                                 f"context_length + 1 = {context_length + 1}")
+            shards = self.manifest["shards"][split]
+            self.windows[split] = ShardWindows(self.path / split, shards, self.manifest["dtype"],
+                                               context_length + 1)
+            if len(self.windows[split]) < 1:
+                raise ValueError(f"data.path: no {split} shard of {path} holds a window of "
+                                 f"context_length + 1 = {context_length + 1} tokens (largest: "
+                                 f"{max(s['tokens'] for s in shards)}): lower model.context_length")
 
-    def _loader(self, split: str, shuffle: bool, subsample: float = 1.0):
-        from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
+    def prepare_data(self) -> None:  # prepared by scripts/prepare_data.py
+        pass
 
-        ds = StreamingDataset(str(self.path / split), item_loader=TokensLoader(self.context_length + 1),
-                              shuffle=shuffle, seed=self.seed, drop_last=True, subsample=subsample)
-        return StreamingDataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers,
-                                   collate_fn=stack_windows, drop_last=shuffle)
+    def setup(self, stage: str | None = None) -> None:
+        pass
 
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self) -> DataLoader:
+        """This rank's share of the planned windows, from where a resumed checkpoint stopped."""
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        per_step = self.batch_size * world
+        samples = self.train_samples or self._planned_samples(per_step)
+        n_batches = samples // per_step
+        if n_batches < 1:
+            raise ValueError(f"data.train_samples: {samples} is fewer than one global batch of "
+                             f"{per_step} windows")
+        ds = ShardWindowBatches(self.windows["train"], self.batch_size, n_batches, self.seed, rank,
+                                world, start=self._batches_done % n_batches)
+        return ResumableLoader(ds, num_workers=self.num_workers)
 
-    def val_dataloader(self):
-        windows = self.manifest["tokens"]["val"] // (self.context_length + 1)
-        share = 1.0 if not self.val_windows else min(1.0, self.val_windows / windows)
-        return self._loader("val", shuffle=False, subsample=share)
+    def _planned_samples(self, per_step: int) -> int:
+        if self.trainer and self.trainer.max_steps < 0:  # trained by epochs: one pass over the corpus
+            return len(self.windows["train"])
+        return super()._planned_samples(per_step)
+
+    def val_dataloader(self) -> DataLoader:
+        ds = SpacedWindows(self.windows["val"], self.val_windows)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
