@@ -16,7 +16,7 @@ import numpy as np
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
-FORMAT = 2  # 1: litdata chunks (no longer read)
+FORMAT = 2  # format 1 (chunks with an index.json) is no longer read
 
 
 def write_manifest(out_dir: Path, record: dict) -> dict:
