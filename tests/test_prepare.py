@@ -22,6 +22,7 @@ from lmlab.data.tokenizer import get_tokenizer
 from lmlab.data.tokens import ShardDataModule, ShardWindowBatches
 from lmlab.data.window_stream import ResumableLoader
 from tests.conftest import ROOT
+from tests.test_resume import logged
 from tests.test_train_cli import FAST, run
 
 
@@ -149,6 +150,23 @@ def test_train_a_few_steps_on_shards(prepared, tmp_path):
         "sample.prompt=KING:")
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["val_loss"] < 10.8
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_on_shards_match_one_with_the_same_global_batch(prepared, tmp_path):
+    out, _ = prepared["parquet"]
+    common = [*FAST, "data=tokens", f"data.path={out}", "trainer.log_every_n_steps=1",
+              "sample.max_new_tokens=0"]
+    run("train.py", *common, "data.batch_size=4", f"hydra.run.dir={tmp_path / 'one'}")
+    run("train.py", *common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+        "data.batch_size=2", f"hydra.run.dir={tmp_path / 'two'}", timeout=400)
+    one, two = logged(tmp_path / "one", "train/loss"), logged(tmp_path / "two", "train/loss")
+    assert sorted(one) == sorted(two) == list(range(6))
+    for step in one:  # the same windows; DDP averages two half-batch gradients (summation order)
+        assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # one run dir each
+    state = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["ShardDataModule"] == {"train_batches": 6}  # the data position, for resuming
 
 
 def test_clear_errors(prepared, tmp_path):
