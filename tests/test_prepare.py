@@ -106,7 +106,8 @@ def shard_stream(out, seed=0, **kw):
 def test_two_ranks_take_disjoint_windows_of_each_global_batch(prepared):
     windows = shard_stream(prepared["jsonl"][0]).windows["train"]
     n_batches = len(windows) // 8  # one epoch of global batches of 8
-    ranks = [ShardWindowBatches(windows, 4, n_batches, seed=0, rank=r, world_size=2) for r in (0, 1)]
+    ranks = [ShardWindowBatches(windows, 4, n_batches, seed=0, rank=r, world_size=2)
+             for r in (0, 1)]
     single = ShardWindowBatches(windows, 8, n_batches, seed=0)
     seen = [[j for b in range(n_batches) for j in r.corpus_windows(b)] for r in ranks]
     assert not set(seen[0]) & set(seen[1])  # no window on both ranks
@@ -198,7 +199,8 @@ def test_a_killed_preparation_is_never_trusted_and_is_rebuilt(tmp_path):
             f.write(json.dumps({"text": plays[i % len(plays)]}) + "\n")
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "lmlab.data.prepare", str(src), str(out),
-                             "--val-fraction", "0.3", "--shard-mb", "0.01"], stdout=subprocess.DEVNULL,
+                             "--val-fraction", "0.3", "--shard-mb", "0.01"],
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while not list((out / "train").glob("shard-*.bin")) and proc.poll() is None:

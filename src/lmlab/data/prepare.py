@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.0005, help="share of documents held out")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--shard-mb", type=float, default=64,
-                   help="size of each shard file (written to disk as it grows, never held in memory)")
+                   help="size of each shard file (written as it grows, never held in memory)")
     p.add_argument("--overwrite", action="store_true", help="rebuild a complete preparation")
     a = p.parse_args(argv)
     try:

@@ -25,7 +25,8 @@ class ShardWriter:
     ``max_tokens`` tokens. Only the array being appended is in memory."""
 
     def __init__(self, directory: Path, stem: str, dtype: np.dtype, max_tokens: int):
-        self.directory, self.stem, self.dtype, self.max_tokens = Path(directory), stem, dtype, max_tokens
+        self.directory, self.stem = Path(directory), stem
+        self.dtype, self.max_tokens = dtype, max_tokens
         self.done: list[tuple[str, int]] = []  # (file name, tokens) of each complete shard
         self._file, self._tokens = None, 0
 

@@ -130,7 +130,7 @@ class ShardDataModule(TokenDataModule):
         return ResumableLoader(ds, num_workers=self.num_workers)
 
     def _planned_samples(self, per_step: int) -> int:
-        if self.trainer and self.trainer.max_steps < 0:  # trained by epochs: one pass over the corpus
+        if self.trainer and self.trainer.max_steps < 0:  # trained by epochs: one pass each
             return len(self.windows["train"])
         return super()._planned_samples(per_step)
 
