@@ -34,10 +34,10 @@ def checkpoint_step(path):
         return -1
 
 
-def start_and_kill(run_dir, sig, cache, after_step=30):
+def start_and_kill(run_dir, sig, cache, after_step=30, extra=()):
     """Start `python train.py`, wait for a checkpoint past ``after_step``, send ``sig``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *RESUMABLE,
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *RESUMABLE, *extra,
                              f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -89,6 +89,28 @@ def test_resuming_with_another_length_is_refused_unless_extended(uninterrupted, 
     # the plan had decayed to its minimum at step 120: the extension goes on from there, where a
     # silently re-planned cosine over 130 steps would jump back up to 0.109 x the peak
     assert all(v == pytest.approx(0.1 * 2e-3, rel=1e-6) for v in lr.values())
+
+
+@pytest.mark.slow
+def test_killed_run_on_prepared_shards_resumes_with_identical_losses(tmp_path):
+    """data=tokens: litdata's StreamingDataLoader state, saved by Lightning, resumes exactly."""
+    import json
+
+    from lmlab.data.corpus import shakespeare_plays
+    from lmlab.data.prepare import prepare
+
+    src = tmp_path / "c.jsonl"
+    docs = [p for t in list(shakespeare_plays().values())[:4] for p in t.split("\n\n") if p]
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    prepare(str(src), str(tmp_path / "shards"), val_fraction=0.05)
+    tokens = ["data=tokens", f"data.path={tmp_path / 'shards'}"]
+    run("train.py", *RESUMABLE, *tokens, f"hydra.run.dir={tmp_path / 'full'}")
+    step = start_and_kill(tmp_path / "a", signal.SIGKILL, tmp_path / "cache", 30, tokens)
+    assert 30 <= step < STEPS
+    run("train.py", *RESUMABLE, *tokens, f"ckpt_path={tmp_path / 'a/checkpoints/last.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'b'}")
+    want = {s: v for s, v in logged(tmp_path / "full", "train/loss").items() if s >= step}
+    assert logged(tmp_path / "b", "train/loss") == want and len(want) == STEPS - step
 
 
 KILL_WHILE_SAVING = """
