@@ -18,6 +18,8 @@ from lmlab.config import conf_dir
 from lmlab.errors import UserError
 from lmlab.evaluation import score, summary
 from lmlab.loggers import WandbRuns, make_loggers
+from lmlab.multirun_ddp import needs_own_process, run_as_child
+from lmlab.resume import AtomicCheckpointIO, RNGState, StepBoundarySignals, requeued_checkpoint
 from lmlab.run_limits import stopped_by, sweep_time_limit, tokens_per_step
 from lmlab.run_record import hydra_job, record_failure, start_record, write_record
 from lmlab.sampling import sample_text
@@ -58,6 +60,8 @@ def train(cfg: DictConfig) -> float | None:
     record and returns NaN so the other jobs go on (Hydra's sweepers would otherwise raise the
     first failure and stop); a single run raises."""
     try:
+        if needs_own_process(cfg):  # multirun + DDP: see lmlab.multirun_ddp
+            return run_as_child(cfg)
         metrics = run_training(cfg)
     except Exception as err:
         record = record_failure(_run_dir(cfg), err, cfg.get("seed"))
@@ -112,10 +116,12 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     """Fit, then validate the best checkpoint, sample from it and write the final record."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     meter = ThroughputMeter()
-    callbacks += [DivergenceGuard(), meter]
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    callbacks += [DivergenceGuard(), meter, RNGState(), StepBoundarySignals()]
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                      plugins=[AtomicCheckpointIO()])
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    ckpt_path = cfg.get("ckpt_path") or requeued_checkpoint(out_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     m = module.model
     metrics = dict(record, status="completed", params=m.num_params(), active_params=m.active_params(),
@@ -135,6 +141,12 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
         metrics.update(final_val_loss=float(last_val), final_val_ppl=math.exp(float(last_val)))
     if trainer.fast_dev_run:
         return metrics
+    if is_sharded(trainer):  # the module holds flat parameter shards now: it cannot reload the
+        # best checkpoint nor sample; a single process does both from checkpoints/*.ckpt
+        if trainer.is_global_zero:
+            write_record(out_dir, {**metrics, "checkpoint": trainer.checkpoint_callback.last_model_path,
+                                   "finished": time.time()})
+        return metrics
     metrics.update(validate_best(trainer, module, datamodule))
     metrics.update(held_out(cfg, trainer, module, datamodule))
     if trainer.is_global_zero:
@@ -149,6 +161,12 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
         metrics["finished"] = time.time()
         write_record(out_dir, metrics)
     return metrics
+
+
+def is_sharded(trainer: L.Trainer) -> bool:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)
 
 
 def validate_best(trainer: L.Trainer, module, datamodule) -> dict:

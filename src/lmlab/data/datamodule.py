@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmlab.data.corpus import check_text_files, shakespeare_plays, text_files
 from lmlab.data.tokenizer import get_tokenizer
+from lmlab.data.window_stream import ResumableLoader, WindowBatches
 from lmlab.errors import check_choice
 
 
@@ -78,27 +79,6 @@ def load_tokens(path: Path) -> np.memmap:
     return np.memmap(path, dtype=meta["dtype"], mode="r")
 
 
-class RandomWindows(Dataset):
-    """``num_samples`` windows at random offsets. Sample ``i`` depends only on (seed, i), so every
-    run with the same seed sees the same data in the same order, whatever its model."""
-
-    def __init__(self, tokens: np.ndarray, context_length: int, num_samples: int, seed: int):
-        if len(tokens) <= context_length + 1:
-            raise ValueError(
-                f"the training split has {len(tokens)} tokens, fewer than a window of "
-                f"context_length + 1 = {context_length + 1}"
-            )
-        self.tokens, self.T, self.n, self.seed = tokens, context_length, num_samples, seed
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        g = np.random.default_rng([self.seed, i])
-        start = int(g.integers(0, len(self.tokens) - self.T - 1))
-        return torch.from_numpy(self.tokens[start : start + self.T + 1].astype(np.int64))
-
-
 class FixedWindows(Dataset):
     """A deterministic set of up to ``max_windows`` evenly spaced windows (validation)."""
 
@@ -135,7 +115,7 @@ class TokenDataModule(L.LightningDataModule):
         tokenizer: str = "gpt2",
         context_length: int = 256,
         batch_size: int = 16,
-        train_samples: int = 100_000,
+        train_samples: int | None = None,
         val_windows: int | None = 64,
         test_windows: int | None = None,
         seed: int = 0,
@@ -156,6 +136,7 @@ class TokenDataModule(L.LightningDataModule):
         self.test_windows = test_windows
         self.seed, self.cache_dir, self.num_workers = seed, Path(cache_dir), num_workers
         self.token_files: dict[str, Path] = {}
+        self._batches_done = 0  # restored from a checkpoint by load_state_dict
 
     def documents(self) -> dict[str, str]:
         return shakespeare_plays() if self.source == "shakespeare" else text_files(self.paths)
@@ -191,8 +172,30 @@ class TokenDataModule(L.LightningDataModule):
         self.test_tokens = load_tokens(self.token_files["test"]) if self.has_test_split else None
 
     def train_dataloader(self) -> DataLoader:
-        ds = RandomWindows(self.train_tokens, self.context_length, self.train_samples, self.seed)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        """This rank's share of the planned windows, from where a resumed checkpoint stopped."""
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        per_step = self.batch_size * world
+        samples = self.train_samples or self._planned_samples(per_step)
+        n_batches = samples // per_step
+        if n_batches < 1:
+            raise ValueError(f"data.train_samples: {samples} is fewer than one global batch of "
+                             f"{per_step} windows")
+        ds = WindowBatches(self.train_tokens, self.context_length, self.batch_size, n_batches,
+                           self.seed, rank, world, start=self._batches_done % n_batches)
+        return ResumableLoader(ds, num_workers=self.num_workers)
+
+    def _planned_samples(self, per_step: int) -> int:
+        if not self.trainer or self.trainer.max_steps < 0:
+            raise ValueError("data.train_samples: set it, or set trainer.max_steps to plan it")
+        return self.trainer.max_steps * self.trainer.accumulate_grad_batches * per_step
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: how many training batches this rank has consumed."""
+        trainer = self.trainer
+        return {"train_batches": trainer.global_step * trainer.accumulate_grad_batches} if trainer else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._batches_done = int(state.get("train_batches", 0))
 
     def val_dataloader(self) -> DataLoader:
         ds = FixedWindows(self.val_tokens, self.context_length, self.val_windows)
