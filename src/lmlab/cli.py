@@ -12,12 +12,14 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from lmlab.callbacks import Diverged
 from lmlab.checkpoint import load_module
+from lmlab.checkpoint_io import CheckpointSaveError
 from lmlab.config import conf_dir, register_resolvers
 from lmlab.console import quiet_third_party
 from lmlab.errors import UserError, exit_with
 from lmlab.hardware import reuse_freed_memory
-from lmlab.overrides import check_argv
+from lmlab.overrides import check_argv, finished_run_message
 from lmlab.sampling import sample_text
 from lmlab.training import build_datamodule, train as run_job
 
@@ -34,13 +36,16 @@ def _train(cfg: DictConfig) -> float | None:
         return run_job(cfg)
     except UserError as err:
         exit_with(err)
+    except (Diverged, CheckpointSaveError) as err:  # a fault while running: one line, status 1
+        exit_with(err, status=1)
 
 
 def train() -> None:
     """``python train.py [overrides]``; a misspelt key is refused before Hydra starts the run."""
     register_resolvers()
-    if (err := check_argv(CONF_DIR, "train", sys.argv[1:])) is not None:
-        sys.exit(f"lmlab: error: {err}")
+    argv = sys.argv[1:]
+    if (err := check_argv(CONF_DIR, "train", argv) or finished_run_message(argv)) is not None:
+        exit_with(err)
     _train()
 
 

@@ -15,8 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from lmlab.callbacks import Diverged, DivergenceGuard, ThroughputMeter
 from lmlab.errors import UserError
 from lmlab.loggers import WandbRuns, make_loggers
-from lmlab.run_record import hydra_job, record_failure, start_record, write_record
+from lmlab.run_record import check_not_finished, hydra_job, record_failure, start_record, write_record
 from lmlab.sampling import sample_text
+from lmlab.validate import check_config
 
 log = logging.getLogger("lmlab")
 
@@ -53,6 +54,7 @@ def train(cfg: DictConfig) -> float | None:
     """One job. In a multirun, a failing or diverging job is recorded as failed in its run
     record and returns NaN so the other jobs go on (Hydra's sweepers would otherwise raise the
     first failure and stop); a single run raises."""
+    check_not_finished(_run_dir(cfg))  # before anything is written into it
     try:
         metrics = run_training(cfg)
     except Exception as err:
@@ -76,6 +78,7 @@ def _run_dir(cfg: DictConfig) -> Path:
 def run_training(cfg: DictConfig) -> dict:
     """Train, validate and sample as ``cfg`` says; return the final metrics. The run record says
     ``status: running`` while it trains and holds the final metrics when it ends."""
+    check_config(cfg)  # before anything is computed or written
     out_dir = Path(cfg.paths.output_dir)
     job = hydra_job()
     record = start_record(out_dir, job, cfg.seed)
