@@ -32,8 +32,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except OSError as err:
+        except Exception as err:  # torch.save reports a failed write as a RuntimeError of its own
             tmp.unlink(missing_ok=True)
-            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            cause = os_error(err)
+            if cause is None:
+                raise
+            kept = (f"the previous {path.name} is intact" if path.exists()
+                    else "the checkpoints saved before are intact")
             raise CheckpointSaveError(
-                f"could not save checkpoint {path}: {err.strerror or err}; {kept}") from err
+                f"could not save checkpoint {path}: {cause.strerror or cause}; {kept}") from err
+
+
+def os_error(err: BaseException | None) -> OSError | None:
+    """The OSError in ``err``'s chain of causes and contexts, if any (e.g. ENOSPC, EFBIG)."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err
