@@ -22,6 +22,7 @@ from lmlab.hardware import reuse_freed_memory
 from lmlab.overrides import check_argv, finished_run_message
 from lmlab.sampling import sample_text
 from lmlab.training import build_datamodule, train as run_job
+from lmlab.validate import check_sampling, check_value
 
 CONF_DIR = conf_dir()
 
@@ -65,12 +66,14 @@ def evaluate() -> None:
 def _generate(cfg: DictConfig) -> None:
     """Samples from a checkpoint, printed and written to ``<run dir>/samples.txt``."""
     try:
+        check_sampling("", cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.prompt)
+        check_value("num_samples", cfg.num_samples, 1, True, False)
         module = load_module(cfg.ckpt_path, cfg.device)
     except UserError as err:
         exit_with(err)
     texts = []
     for i in range(cfg.num_samples):
-        text = sample_text(module.model, cfg.tokenizer, cfg.prompt, seed=cfg.seed + i,
+        text = sample_text(module.model, cfg.tokenizer, str(cfg.prompt), seed=cfg.seed + i,
                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                            top_k=cfg.top_k, top_p=cfg.top_p, use_cache=cfg.use_cache)
         texts.append(text)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from lmlab.model.transformer import Transformer
@@ -71,10 +73,13 @@ def sample_tokens(
 def sample_text(model: Transformer, tokenizer_name: str, prompt: str, seed: int = 0, **kwargs) -> str:
     """``prompt`` followed by what the model samples after it (``kwargs``: see sample_tokens)."""
     from lmlab.data.tokenizer import get_tokenizer
+    from lmlab.validate import crop_notice
 
     enc = get_tokenizer(tokenizer_name)
     device = next(model.parameters()).device
     idx = torch.tensor([enc.encode(prompt, allowed_special="all")], device=device)
+    if notice := crop_notice(idx.shape[1], model.context_length):
+        logging.getLogger("lmlab").warning(notice)
     gen = torch.Generator(device=device).manual_seed(seed)
     out = sample_tokens(model, idx, generator=gen, **kwargs)
     return enc.decode(out[0].tolist())

@@ -74,9 +74,18 @@ def check_sampling(key: str, max_new_tokens, temperature, top_k, top_p, prompt=N
         ok = isinstance(top_p, numbers.Real) and not isinstance(top_p, bool) and 0 < top_p <= 1
         if not ok:
             raise UserError(f"{at}top_p={top_p!r}: must be in (0, 1] or null (no nucleus filter)")
-    if prompt is not None and (not isinstance(prompt, str) or prompt == ""):
+    if prompt is not None and str(prompt) == "":
         raise UserError(f"{at}prompt={prompt!r}: must be non-empty text "
                         f"(prompt='<|endoftext|>' samples unconditionally)")
+
+
+def crop_notice(prompt_tokens: int, context_length: int) -> str | None:
+    """What to tell the user when a prompt is longer than the model's context (it is cropped to
+    its last ``context_length`` tokens), or None."""
+    if prompt_tokens <= context_length:
+        return None
+    return (f"the prompt is {prompt_tokens} tokens, longer than the model's context of "
+            f"{context_length}: the model sees only its last {context_length} tokens")
 
 
 def check_config(cfg: DictConfig) -> None:
