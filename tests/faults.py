@@ -35,3 +35,23 @@ class DiskFullAfter(L.Callback):
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error to handle, not a kill
             _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
             resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_bytes, hard))
+
+
+class RssRecorder(L.Callback):
+    """Writes the process's resident memory (VmRSS, kB) after every training step to ``path``,
+    one ``step rss_kb`` line each, when training ends."""
+
+    def __init__(self, path: str):
+        self.path, self.rows = path, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.rows.append((trainer.global_step, resident_kb()))
+
+    def on_train_end(self, trainer, pl_module):
+        with open(self.path, "w") as f:
+            f.writelines(f"{step} {kb}\n" for step, kb in self.rows)
+
+
+def resident_kb() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
