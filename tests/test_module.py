@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from lmlab.module import LanguageModule, warmup_cosine
+from lmlab.module import LanguageModule
+from lmlab.schedule import warmup_cosine
 from tests.conftest import TINY, model_cfg
 
 

@@ -161,8 +161,9 @@ class MoE(nn.Module):
         tok = token[order]
         xs = x[tok]  # (M, C), M = kept assignments
         sizes = kept_counts.tolist()
-        ys = [self.experts[e](part) for e, part in enumerate(xs.split(sizes)) if sizes[e] > 0]
-        y = torch.cat(ys) if ys else xs.new_zeros(0, shape[-1])
+        # every expert runs, on an empty slice too: its parameters join the graph with zero
+        # gradients, so DDP (static graph, no unused-parameter search) works when a rank idles one
+        y = torch.cat([self.experts[e](part) for e, part in enumerate(xs.split(sizes))])
         out = torch.zeros_like(x).index_add_(0, tok, y * weight[order, None])
         if self.shared is not None:
             out = out + self.shared(x)
