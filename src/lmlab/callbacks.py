@@ -16,13 +16,28 @@ class Diverged(RuntimeError):
 
 
 class DivergenceGuard(L.Callback):
-    """Stops a run at the first non-finite training loss, so a diverging arm of a sweep fails fast
-    and is recorded as failed instead of training on NaNs until max_steps."""
+    """Stops a run at the first non-finite training or validation loss, so a diverging arm of a
+    sweep fails fast and is recorded as failed instead of training on NaNs until max_steps. The
+    validation check runs before the checkpoint callback's (Lightning runs checkpoint callbacks
+    last), so weights that already give NaN are never saved over the last good checkpoint."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is not None and not torch.isfinite(loss.detach()).all():
-            raise Diverged(f"non-finite training loss ({float(loss):.4g}) at step {trainer.global_step}")
+            raise Diverged(f"non-finite training loss ({float(loss):.4g}) at step {trainer.global_step}"
+                           f"{last_saved(trainer)}")
+
+    def on_validation_end(self, trainer, pl_module):
+        loss = trainer.callback_metrics.get("val/loss")
+        if not trainer.sanity_checking and loss is not None and not torch.isfinite(loss).all():
+            raise Diverged(f"non-finite validation loss ({float(loss):.4g}) at step "
+                           f"{trainer.global_step}{last_saved(trainer)}")
+
+
+def last_saved(trainer) -> str:
+    """``; the last good checkpoint is <path>`` when one was saved, else an empty string."""
+    path = getattr(trainer.checkpoint_callback, "last_model_path", "")
+    return f"; the last good checkpoint is {path}" if path else ""
 
 
 class ThroughputMeter(L.Callback):

@@ -3,6 +3,8 @@ config checked before anything is built from it."""
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -24,6 +26,22 @@ def check_targets(spec, where: str = "model") -> None:
             check_targets(value, f"{where}[{i}]")
 
 
+def why_unreadable(err: Exception) -> str:
+    """torch.load's error, in a few words (its own messages run to paragraphs and suggest
+    ``weights_only=False``, which is exactly what must not be done with an untrusted file)."""
+    text = str(err)
+    if isinstance(err, EOFError) or not text.strip():
+        return "the file is empty or ends early"
+    if "GLOBAL" in text:  # weights_only refused a pickled object
+        what = re.search(r"GLOBAL (\S+)", text).group(1)
+        return (f"it holds a pickled Python object ({what}), which weights_only=True loading "
+                f"refuses; lmlab checkpoints hold tensors and plain values only")
+    if "zip archive" in text or isinstance(err, pickle.UnpicklingError):
+        detail = text.split(". ")[0] if "zip archive" in text else "not a PyTorch file"
+        return f"the file is truncated or corrupt ({detail})"
+    return text.strip().splitlines()[0]
+
+
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """A checkpoint's contents, loaded with ``weights_only=True``, with a one-line error for a
     missing, unreadable or non-lmlab file."""
@@ -33,13 +51,30 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated, corrupt, or holding objects weights_only refuses
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"ckpt_path: cannot read checkpoint {path}: {first}") from None
+        raise UserError(f"ckpt_path: cannot read checkpoint {path}: {why_unreadable(err)}") from None
     model_cfg = (ckpt.get("hyper_parameters") or {}).get("model") if isinstance(ckpt, dict) else None
     if not isinstance(model_cfg, dict):
         raise UserError(f"ckpt_path: {path} is not an lmlab checkpoint (no hyper_parameters.model)")
     check_targets(model_cfg)
     return ckpt
+
+
+def check_fits(module: torch.nn.Module, state_dict: dict) -> None:
+    """Raise a one-line UserError naming the first key whose shape differs between a checkpoint's
+    ``state_dict`` and ``module``, or the keys one has and the other lacks."""
+    own = module.state_dict()
+    for key, value in state_dict.items():
+        if key in own and tuple(value.shape) != tuple(own[key].shape):
+            raise UserError(f"checkpoint does not fit the model: {key} is {tuple(value.shape)} in the "
+                            f"checkpoint, {tuple(own[key].shape)} in the model")
+    missing = [k for k in own if k not in state_dict]
+    extra = [k for k in state_dict if k not in own]
+    if missing or extra:
+        parts = ([f"the model's {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+                  "missing from the checkpoint"] if missing else []) + (
+                 [f"the checkpoint's {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''} "
+                  "unknown to the model"] if extra else [])
+        raise UserError(f"checkpoint does not fit the model: {'; '.join(parts)}")
 
 
 def load_module(path: str | Path, device: str = "auto"):
@@ -49,6 +84,10 @@ def load_module(path: str | Path, device: str = "auto"):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     ckpt = read_checkpoint(path, map_location=device)
-    module = LanguageModule(**ckpt["hyper_parameters"])
+    try:
+        module = LanguageModule(**ckpt["hyper_parameters"])
+    except (ValueError, TypeError) as err:
+        raise UserError(f"ckpt_path: {path}: its stored model config cannot be built: {err}") from None
+    check_fits(module, ckpt["state_dict"])
     module.load_state_dict(ckpt["state_dict"])
     return module.to(device).eval()

@@ -11,15 +11,18 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from lmlab.callbacks import Diverged
 from lmlab.checkpoint import load_module
+from lmlab.resume import CheckpointSaveError
 from lmlab.config import conf_dir, register_resolvers
 from lmlab.console import quiet_third_party
 from lmlab.errors import UserError, exit_with
 from lmlab.evaluation import score, summary
 from lmlab.hardware import reuse_freed_memory
-from lmlab.overrides import check_argv
+from lmlab.overrides import check_argv, finished_run_message
 from lmlab.sampling import sample_texts
 from lmlab.training import build_datamodule, train as run_job
+from lmlab.validate import check_sampling, check_value
 
 CONF_DIR = conf_dir()
 
@@ -34,13 +37,16 @@ def _train(cfg: DictConfig) -> float | None:
         return run_job(cfg)
     except UserError as err:
         exit_with(err)
+    except (Diverged, CheckpointSaveError) as err:  # a fault while running: one line, status 1
+        exit_with(err, status=1)
 
 
 def train() -> None:
     """``python train.py [overrides]``; a misspelt key is refused before Hydra starts the run."""
     register_resolvers()
-    if (err := check_argv(CONF_DIR, "train", sys.argv[1:])) is not None:
-        sys.exit(f"lmlab: error: {err}")
+    argv = sys.argv[1:]
+    if (err := check_argv(CONF_DIR, "train", argv) or finished_run_message(argv)) is not None:
+        exit_with(err)
     _train()
 
 
@@ -60,11 +66,14 @@ def evaluate() -> None:
 def _generate(cfg: DictConfig) -> None:
     """Samples from a checkpoint, all in one batch, printed and written to ``<run dir>/samples.txt``.
     With ``stream`` and a single sequence, its tokens are printed as they are produced."""
+    prompts = [str(p) for p in cfg.prompts] if cfg.get("prompts") else [str(cfg.prompt)]
     try:
+        for prompt in prompts:
+            check_sampling("", cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, prompt)
+        check_value("num_samples", cfg.num_samples, 1, True, False)
         module = load_module(cfg.ckpt_path, cfg.device)
     except UserError as err:
         exit_with(err)
-    prompts = list(cfg.prompts) if cfg.get("prompts") else [cfg.prompt]
     live = cfg.stream and len(prompts) * cfg.num_samples == 1
     if live:
         print(prompts[0], end="", flush=True)

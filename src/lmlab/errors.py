@@ -19,7 +19,8 @@ def check_choice(key: str, value, choices: Iterable) -> None:
         raise ValueError(f"{key}: unknown {value!r}; valid choices: {valid}")
 
 
-def exit_with(err: BaseException, prog: str = "lmlab") -> None:
-    """Print ``<prog>: error: <message>`` to stderr and exit with status 2 (a usage error)."""
+def exit_with(err: BaseException, prog: str = "lmlab", status: int = 2) -> None:
+    """Print ``<prog>: error: <message>`` to stderr and exit with ``status``: 2 for a usage error
+    (the default), 1 for a fault met while running (divergence, a failed save)."""
     print(f"{prog}: error: {err}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)

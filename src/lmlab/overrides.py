@@ -1,16 +1,21 @@
-"""A friendlier error for a misspelt config key, checked before Hydra starts the run.
+"""Friendlier errors for the command line, checked before Hydra starts the run: a misspelt key, an
+unknown group option, a value of the wrong type, a run directory holding a finished run.
 
-Hydra refuses ``model.n_layer=3`` with "Key 'n_layer' is not in struct"; this names the nearest
-valid keys instead. It only speaks up for that one mistake and leaves every other case (group
-choices, sweeps, Hydra's own flags) to Hydra.
+Hydra refuses ``model.n_layer=3`` with "Key 'n_layer' is not in struct" and ``model=nope`` with a
+page listing its search path; these say it in one line. Sweeps, override syntax and Hydra's own
+flags are left to Hydra.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from pathlib import Path
 
+from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf
+
+from lmlab.errors import check_choice
 
 _KEY = re.compile(r"^([A-Za-z_][\w.]*)=")  # a plain `a.b.c=value` override
 
@@ -46,10 +51,73 @@ def check_argv(config_dir: str, config_name: str, argv: list[str]) -> str | None
     overrides = [a for a in argv if not a.startswith("-")]
     keys = [a for a in overrides if _KEY.match(a)
             and not os.path.isdir(os.path.join(config_dir, _KEY.match(a).group(1)))]
-    others = [a for a in overrides if a not in keys]  # group choices, +x, ~x: Hydra checks them
+    others = [a for a in overrides if a not in keys]  # group choices, +x, ~x
     try:
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
             cfg = compose(config_name, overrides=others)
-    except Exception:  # a bad group choice or syntax: Hydra's own error says it best
+    except MissingConfigException as err:  # an unknown group option: one line, not Hydra's page
+        if err.options is None or not err.missing_cfg_file:
+            return None
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        try:
+            check_choice(group, name, err.options)
+        except ValueError as choice:
+            return str(choice)
         return None
-    return unknown_key_message(cfg, keys)
+    except Exception:  # bad override syntax: Hydra's own error says it best
+        return None
+    return unknown_key_message(cfg, keys) or wrong_type_message(cfg, keys)
+
+
+def wrong_type_message(cfg: DictConfig, overrides: list[str]) -> str | None:
+    """The error for the first override that gives a number- or bool-valued key a value of
+    another kind (``model.d_model=abc``, ``model.bias=maybe``), or None. Keys whose default is
+    null, text or an interpolation take anything; their users check them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return None
+    for override in parsed:
+        key = override.key_or_group
+        if override.is_sweep_override() or _is_interpolation(cfg, key):
+            continue
+        node = OmegaConf.select(cfg, key, throw_on_missing=False)
+        value = override.value()
+        if isinstance(value, str) and "${" in value:  # resolved (and checked) in the job
+            continue
+        if isinstance(node, bool):
+            if not isinstance(value, bool):
+                return f"{key}={value!r}: must be true or false"
+        elif isinstance(node, (int, float)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                return f"{key}={value!r}: must be a number (like its default, {node!r})"
+    return None
+
+
+def _is_interpolation(cfg: DictConfig, key: str) -> bool:
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    return isinstance(parent, DictConfig) and OmegaConf.is_interpolation(parent, leaf)
+
+
+def finished_run_message(argv: list[str]) -> str | None:
+    """The error for ``hydra.run.dir=<dir>`` (or, with -m, ``hydra.sweep.dir=<dir>``) naming a
+    directory that already holds a finished run, or None. The default directories are named by
+    the time and are new."""
+    from lmlab.errors import UserError
+    from lmlab.run_record import RECORD_FILE, check_not_finished
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    for arg in argv:
+        if arg.startswith(key) and "${" not in arg:
+            target = Path(arg[len(key):])
+            dirs = [p.parent for p in target.glob(f"**/{RECORD_FILE}")] if multirun else [target]
+            try:
+                for d in dirs:
+                    check_not_finished(d)
+            except UserError as err:
+                return str(err)
+    return None

@@ -80,8 +80,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except Exception as err:  # a full disk: torch.save reports it as a RuntimeError of its own
+            tmp.unlink(missing_ok=True)
+            cause = os_error(err)
+            if cause is None:
+                raise
+            kept = (f"the previous {path.name} is intact" if path.exists()
+                    else "the checkpoints saved before are intact")
+            raise CheckpointSaveError(
+                f"could not save checkpoint {path}: {cause.strerror or cause}; {kept}") from err
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written; the file it was to replace is intact."""
+
+
+def os_error(err: BaseException | None) -> OSError | None:
+    """The OSError in ``err``'s chain of causes and contexts, if any (e.g. ENOSPC, EFBIG)."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err

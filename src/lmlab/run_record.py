@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 RECORD_FILE = "metrics.json"
 SWEEP_FUNCTIONS = ("choice(", "range(", "interval(", "tag(", "glob(")
@@ -56,7 +57,7 @@ def hydra_job() -> dict:
     if not HydraConfig.initialized():
         return {}
     hc = HydraConfig.get()
-    overrides = list(hc.overrides.task)
+    overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task, resolve=False)]
     info = {"multirun": hc.mode == RunMode.MULTIRUN, "overrides": overrides,
             "variant": overrides, "job_num": hc.job.get("num"), "sweep_dir": None}
     if info["multirun"]:
@@ -104,6 +105,16 @@ def record_failure(run_dir: str | Path, err: BaseException, seed=None) -> dict:
     record.setdefault("seed", seed)
     write_record(run_dir, record)
     return record
+
+
+def check_not_finished(run_dir: str | Path) -> None:
+    """Refuse to run into a directory that holds a finished run: its checkpoints, metrics and
+    record would be overwritten."""
+    from lmlab.errors import UserError
+
+    if job_status(read_record(run_dir) or {"status": "none"}) == "completed":
+        raise UserError(f"{run_dir} holds a finished run ({RECORD_FILE}: completed); refusing to "
+                        f"overwrite it: choose another hydra.run.dir (or hydra.sweep.dir)")
 
 
 def job_status(record: dict) -> str:

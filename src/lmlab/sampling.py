@@ -12,6 +12,7 @@ window instead of a full one, so that the next half window of steps are cheap de
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -139,10 +140,14 @@ def sample_texts(
     stop string, which is cut from the text with all after it. ``on_text(row, piece)`` gets each
     row's text as soon as it can be printed. ``kwargs``: see stream_tokens."""
     from lmlab.data.tokenizer import get_tokenizer
+    from lmlab.validate import crop_notice
 
     enc = get_tokenizer(tokenizer_name)
     device = next(model.parameters()).device
     encoded = [enc.encode(p, allowed_special="all") for p in prompts]
+    for ids in encoded:
+        if notice := crop_notice(len(ids), model.context_length):
+            logging.getLogger("lmlab").warning(notice)
     rows = [ids for ids in encoded for _ in range(num_samples)]
     streams = [TextStream(enc.decode, stop) for _ in rows]
     eos_id = enc.eot_token if stop_at_eos else None

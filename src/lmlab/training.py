@@ -21,8 +21,9 @@ from lmlab.loggers import WandbRuns, make_loggers
 from lmlab.multirun_ddp import needs_own_process, run_as_child
 from lmlab.resume import AtomicCheckpointIO, RNGState, StepBoundarySignals, requeued_checkpoint
 from lmlab.run_limits import stopped_by, sweep_time_limit, tokens_per_step
-from lmlab.run_record import hydra_job, record_failure, start_record, write_record
+from lmlab.run_record import check_not_finished, hydra_job, record_failure, start_record, write_record
 from lmlab.sampling import sample_text
+from lmlab.validate import check_config
 
 log = logging.getLogger("lmlab")
 
@@ -59,6 +60,7 @@ def train(cfg: DictConfig) -> float | None:
     """One job. In a multirun, a failing or diverging job is recorded as failed in its run
     record and returns NaN so the other jobs go on (Hydra's sweepers would otherwise raise the
     first failure and stop); a single run raises."""
+    check_not_finished(_run_dir(cfg))  # before anything is written into it
     try:
         if needs_own_process(cfg):  # multirun + DDP: see lmlab.multirun_ddp
             return run_as_child(cfg)
@@ -84,6 +86,7 @@ def _run_dir(cfg: DictConfig) -> Path:
 def run_training(cfg: DictConfig) -> dict:
     """Train, validate and sample as ``cfg`` says; return the final metrics. The run record says
     ``status: running`` while it trains and holds the final metrics when it ends."""
+    check_config(cfg)  # before anything is computed or written
     out_dir = Path(cfg.paths.output_dir)
     job = hydra_job()
     record = start_record(out_dir, job, cfg.seed)

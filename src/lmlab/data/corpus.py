@@ -44,12 +44,35 @@ def shakespeare_plays() -> dict[str, str]:
 
 
 def check_text_files(paths: list[str]) -> None:
-    """Refuse, in one line, a missing ``data.path`` before any model is built."""
+    """Refuse, in one line, a missing, empty or binary ``data.path`` before any model is built
+    (binary: a NUL byte or invalid UTF-8 in the first 64 KiB)."""
     if not paths:
         raise ValueError("data.path: data=text needs data.path=<file> (or a list of files)")
     for p in paths:
-        if not Path(p).expanduser().is_file():
+        path = Path(p).expanduser()
+        if not path.is_file():
             raise FileNotFoundError(f"data.path: no such file: {p}")
+        with path.open("rb") as f:
+            head = f.read(1 << 16)
+        if not head:
+            raise ValueError(f"data.path: {p} is empty; give a UTF-8 text file")
+        bad = not_text_at(head, whole=len(head) < 1 << 16)
+        if bad is not None:
+            raise ValueError(f"data.path: {p} is not UTF-8 text (byte {bad}: {head[bad:bad + 1]!r}); "
+                             f"give a text file")
+
+
+def not_text_at(data: bytes, whole: bool) -> int | None:
+    """The offset of the first NUL byte or invalid UTF-8 in ``data`` (the start of a file, or all
+    of it when ``whole``), or None."""
+    if b"\0" in data:
+        return data.index(b"\0")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if whole or err.reason != "unexpected end of data":  # not just a character cut at the end
+            return err.start
+    return None
 
 
 def text_files(paths: list[str]) -> dict[str, str]:

@@ -1,0 +1,112 @@
+"""Checks of a composed training config, run once before anything is computed or written: every
+value resolves, sizes, rates and steps are in range, the sample's arguments are valid, the model
+can be built (its constructors own the checks of their own values, run here on the meta device,
+so no memory is allocated and no weights are initialised) and a checkpoint to resume from fits it.
+Each failure is a one-line :class:`UserError` naming the key, the bad value and what is allowed."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lmlab.errors import UserError
+
+# key -> (smallest allowed value, whether it must be an integer, whether null is allowed)
+BOUNDS = {
+    "model.vocab_size": (1, True, False),
+    "model.context_length": (1, True, False),
+    "model.n_layers": (1, True, False),
+    "model.n_heads": (1, True, False),
+    "model.d_model": (1, True, False),
+    "model.dropout": (0, False, False),
+    "module.lr": (None, False, False),  # > 0, checked below
+    "module.weight_decay": (0, False, False),
+    "module.warmup_steps": (0, True, False),
+    "module.min_lr_ratio": (0, False, False),
+    "trainer.max_steps": (1, True, False),
+    "trainer.accumulate_grad_batches": (1, True, False),
+    "data.batch_size": (1, True, False),
+    "data.val_windows": (1, True, True),
+    "data.num_workers": (0, True, False),
+}
+
+
+def check_value(key: str, value, low, integer: bool, nullable: bool) -> None:
+    """Raise UserError unless ``value`` is a number (an integer if ``integer``) of at least
+    ``low`` (greater than 0 when ``low`` is None), or null when ``nullable``."""
+    if value is None and nullable:
+        return
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(value, bool)
+    if low is None:
+        allowed, ok = f"{kind} > 0", ok_type and value > 0
+    else:
+        allowed, ok = f"{kind} >= {low}", ok_type and value >= low
+    if not ok:
+        null = " or null" if nullable else ""
+        raise UserError(f"{key}={value!r}: must be {allowed}{null}")
+
+
+def resolve(cfg: DictConfig) -> dict:
+    """The config as plain values (Hydra's own ``hydra`` node left out); an interpolation that
+    cannot resolve is a one-line error."""
+    try:
+        return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
+                                      resolve=True)
+    except OmegaConfBaseException as err:
+        first = str(err).strip().splitlines()[0]
+        key = getattr(err, "full_key", None) or "config"
+        raise UserError(f"{key}: cannot resolve the interpolation: {first}") from None
+
+
+def check_sampling(key: str, max_new_tokens, temperature, top_k, top_p, prompt=None) -> None:
+    """The arguments of sampling (``key``: where they are set, e.g. ``sample`` or ``''``):
+    max_new_tokens >= 0 (0 returns the prompt), temperature >= 0 (0 is greedy), top_k null or
+    >= 0 (0: no top-k filter), top_p null or in (0, 1], and a non-empty prompt."""
+    at = f"{key}." if key else ""
+    check_value(f"{at}max_new_tokens", max_new_tokens, 0, True, False)
+    check_value(f"{at}temperature", temperature, 0, False, False)
+    check_value(f"{at}top_k", top_k, 0, True, True)
+    if top_p is not None:
+        ok = isinstance(top_p, numbers.Real) and not isinstance(top_p, bool) and 0 < top_p <= 1
+        if not ok:
+            raise UserError(f"{at}top_p={top_p!r}: must be in (0, 1] or null (no nucleus filter)")
+    if prompt is not None and str(prompt) == "":
+        raise UserError(f"{at}prompt={prompt!r}: must be non-empty text "
+                        f"(prompt='<|endoftext|>' samples unconditionally)")
+
+
+def crop_notice(prompt_tokens: int, context_length: int) -> str | None:
+    """What to tell the user when a prompt is longer than the model's context (it is cropped to
+    its last ``context_length`` tokens), or None."""
+    if prompt_tokens <= context_length:
+        return None
+    return (f"the prompt is {prompt_tokens} tokens, longer than the model's context of "
+            f"{context_length}: the model sees only its last {context_length} tokens")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Everything that can be known wrong about a training config before training starts."""
+    from lmlab.checkpoint import check_fits, read_checkpoint
+    from lmlab.training import build_module
+
+    plain = resolve(cfg)
+    for key, (low, integer, nullable) in BOUNDS.items():
+        section, _, leaf = key.partition(".")
+        if leaf in (plain.get(section) or {}):
+            check_value(key, plain[section][leaf], low, integer, nullable)
+    warmup, steps = plain["module"]["warmup_steps"], plain["trainer"]["max_steps"]
+    if warmup > steps:
+        raise UserError(f"module.warmup_steps={warmup} is longer than the run (trainer.max_steps="
+                        f"{steps}); use at most {steps}")
+    sample = plain.get("sample") or {}
+    if sample.get("max_new_tokens"):
+        check_sampling("sample", sample["max_new_tokens"], sample.get("temperature", 1.0),
+                       sample.get("top_k"), sample.get("top_p"), sample.get("prompt"))
+    with torch.device("meta"):  # the constructors' own checks, without allocating the weights
+        module = build_module(cfg)
+    if cfg.get("ckpt_path"):
+        check_fits(module, read_checkpoint(cfg.ckpt_path, map_location="cpu")["state_dict"])

@@ -1,0 +1,110 @@
+"""Bad config values: each refused in one line naming the value and what is allowed, before any
+compute (no model built, no checkpoint directory). Hydra's own errors are turned into one line
+too, so every refusal below exits with status 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmlab.config import conf_dir
+from lmlab.errors import UserError
+from lmlab.overrides import check_argv
+from lmlab.validate import check_config
+from tests.conftest import compose_cfg
+from tests.test_train_cli import FAST, run
+
+
+def refused(proc) -> str:
+    """The one stderr line of a refused run, after checking its exit status."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lmlab: error: "), proc.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model=nonexistent", "model: unknown 'nonexistent'; valid choices: gpt2, llama, mixtral, tiny"),
+    ("model.d_model=abc", "model.d_model='abc': must be a number (like its default, 256)"),
+    ("model.d_model=0", "model.d_model=0: must be an integer >= 1"),
+    ("module.lr=${module.nope}", "module.lr: cannot resolve the interpolation: Interpolation key "
+                                 "'module.nope' not found"),
+])
+def test_train_py_refuses_in_one_line_before_compute(override, message, tmp_path):
+    """Through `python train.py` as a user runs it: one kind of error each (Hydra's group choice,
+    a wrong type, a bad size, an interpolation)."""
+    proc = run("train.py", *FAST, override, f"hydra.run.dir={tmp_path / 'r'}",
+               f"paths.cache_dir={tmp_path / 'cache'}", check=False)
+    assert refused(proc) == f"lmlab: error: {message}"
+    assert "parameters" not in proc.stdout + proc.stderr  # no model was built
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model/position=foo"], "model/position: unknown 'foo'; valid choices: alibi, learned, none, rope, sinusoidal"),
+    (["model.bias=maybe"], "model.bias='maybe': must be true or false"),
+    (["trainer.max_steps=ten"], "trainer.max_steps='ten': must be a number (like its default, 400)"),
+    (["module.betas=0.9"], None),  # a list default takes anything here; the optimizer checks it
+    (["model.n_layer=3"], "unknown config key 'model.n_layer'; did you mean 'model.n_layers'?"),
+])
+def test_command_line_errors_named_before_hydra_runs(overrides, message):
+    err = check_argv(conf_dir(), "train", overrides)
+    if message is None:
+        assert err is None
+    else:
+        assert err is not None and err.startswith(message), err
+
+
+def job_cfg(tmp_path, *overrides):
+    """A job's config as `python train.py` hands it to the task (no `hydra` node)."""
+    return compose_cfg([*FAST, f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}",
+                        *overrides])
+
+
+BAD = [
+    (["model.n_heads=3"], "model.d_model=32 is not divisible by model.n_heads=3"),
+    (["model.n_heads=4", "model/attention=gqa", "model.attention.n_kv_heads=3"],
+     "model.n_heads=4 is not divisible by model.attention.n_kv_heads=3"),
+    (["model/ffn=moe", "model.ffn.top_k=9"], "model.ffn.top_k: 9 must be between 1 and model.ffn.n_experts=8"),
+    (["model/ffn=moe", "model.ffn.top_k=0"], "model.ffn.top_k: 0 must be between 1 and model.ffn.n_experts=8"),
+    (["model.position.max_positions=8"], "model.position.max_positions=8 is shorter than model.context_length=16"),
+    (["model/position=rope", "model.d_model=30", "model.n_heads=2"], "model/position=rope"),
+    (["model.d_model=-8"], "model.d_model=-8: must be an integer >= 1"),
+    (["model.n_layers=0"], "model.n_layers=0: must be an integer >= 1"),
+    (["model.n_heads=0"], "model.n_heads=0: must be an integer >= 1"),
+    (["model.context_length=0"], "model.context_length=0: must be an integer >= 1"),
+    (["model.vocab_size=0"], "model.vocab_size=0: must be an integer >= 1"),
+    (["model.dropout=-0.1"], "model.dropout=-0.1: must be a number >= 0"),
+    (["model.d_model=32.5"], "model.d_model=32.5: must be an integer >= 1"),
+    (["module.lr=0"], "module.lr=0: must be a number > 0"),
+    (["module.lr=-1"], "module.lr=-1: must be a number > 0"),
+    (["module.weight_decay=-0.1"], "module.weight_decay=-0.1: must be a number >= 0"),
+    (["module.warmup_steps=-1"], "module.warmup_steps=-1: must be an integer >= 0"),
+    (["module.warmup_steps=7"], "module.warmup_steps=7 is longer than the run (trainer.max_steps=6)"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0: must be an integer >= 1"),
+    (["trainer.max_steps=-1"], "trainer.max_steps=-1: must be an integer >= 1"),
+    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0: must be an integer >= 1"),
+    (["data.batch_size=0"], "data.batch_size=0: must be an integer >= 1"),
+    (["data.batch_size=-4"], "data.batch_size=-4: must be an integer >= 1"),
+    (["data.val_windows=0"], "data.val_windows=0: must be an integer >= 1 or null"),
+    (["sample.temperature=-1"], "sample.temperature=-1: must be a number >= 0"),
+    (["sample.top_p=0"], "sample.top_p=0: must be in (0, 1]"),
+    (["sample.top_p=1.5"], "sample.top_p=1.5: must be in (0, 1]"),
+    (["sample.top_k=-5"], "sample.top_k=-5: must be an integer >= 0 or null"),
+    (["sample.max_new_tokens=-1"], "sample.max_new_tokens=-1: must be an integer >= 0"),
+    (["sample.prompt="], "sample.prompt='': must be non-empty text"),
+    (["module.lr=${nope}"], "module.lr: cannot resolve the interpolation: Interpolation key 'nope' not found"),
+    (["+x=${oc.env:LMLAB_SURELY_UNSET}"], "x: cannot resolve the interpolation"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_values_refused_by_the_validation_step(overrides, message, tmp_path):
+    with pytest.raises(UserError) as err:
+        check_config(job_cfg(tmp_path, *overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_a_good_config_passes_and_allocates_nothing(tmp_path):
+    check_config(job_cfg(tmp_path, "model=gpt2"))  # 124M parameters: built on the meta device only
+    check_config(job_cfg(tmp_path, "sample.max_new_tokens=0", "sample.prompt="))  # no sample, no prompt needed

@@ -1,0 +1,85 @@
+"""Bad sampling arguments refused in one line (one function, lmlab.validate.check_sampling, used
+by generate.py and by the sample at the end of training); the edge cases that are allowed do
+what the README says."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from lmlab.data.tokenizer import get_tokenizer
+from lmlab.errors import UserError
+from lmlab.model.transformer import Transformer
+from lmlab.sampling import sample_text, sample_tokens
+from lmlab.validate import check_sampling
+from tests.conftest import TINY, model_cfg
+from tests.test_errors_config import refused
+from tests.test_train_cli import run
+
+
+@pytest.mark.parametrize("override, message", [
+    ("prompt=", "prompt='': must be non-empty text (prompt='<|endoftext|>' samples unconditionally)"),
+    ("top_p=1.5", "top_p=1.5: must be in (0, 1] or null (no nucleus filter)"),
+    ("num_samples=0", "num_samples=0: must be an integer >= 1"),
+])
+def test_generate_py_refuses_before_loading_the_checkpoint(override, message, tmp_path):
+    # the checkpoint does not exist: the arguments are checked first, in one line
+    proc = run("generate.py", f"ckpt_path={tmp_path / 'none.ckpt'}", override,
+               f"hydra.run.dir={tmp_path / 'g'}", check=False)
+    assert refused(proc) == f"lmlab: error: {message}"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"top_p": 0}, "top_p=0: must be in (0, 1]"),
+    ({"top_p": -0.1}, "top_p=-0.1: must be in (0, 1]"),
+    ({"top_p": 1.0001}, "top_p=1.0001: must be in (0, 1]"),
+    ({"temperature": -1}, "temperature=-1: must be a number >= 0"),
+    ({"temperature": "hot"}, "temperature='hot': must be a number >= 0"),
+    ({"max_new_tokens": -1}, "max_new_tokens=-1: must be an integer >= 0"),
+    ({"max_new_tokens": 2.5}, "max_new_tokens=2.5: must be an integer >= 0"),
+    ({"top_k": -1}, "top_k=-1: must be an integer >= 0 or null"),
+    ({"prompt": ""}, "prompt='': must be non-empty text"),
+])
+def test_bad_sampling_arguments(kwargs, message):
+    args = {"max_new_tokens": 10, "temperature": 0.8, "top_k": None, "top_p": None, "prompt": "Hi"}
+    with pytest.raises(UserError, match="^" + message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        check_sampling("", **{**args, **kwargs})
+
+
+def test_edge_values_that_are_allowed():
+    check_sampling("", max_new_tokens=0, temperature=0, top_k=0, top_p=1.0, prompt="x")
+    check_sampling("sample", max_new_tokens=5, temperature=2.0, top_k=None, top_p=1e-9, prompt=None)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Transformer(model_cfg(TINY)).eval()  # context 16, learned positions
+
+
+def test_temperature_zero_is_argmax_decoding(model):
+    idx = torch.randint(0, 50257, (2, 5))
+    greedy = sample_tokens(model, idx, max_new_tokens=20, temperature=0, top_k=3, top_p=0.5)
+    expected = idx
+    for _ in range(20):  # plain argmax over the cropped context, no cache
+        logits = model(expected[:, -model.context_length:]).logits[:, -1]
+        expected = torch.cat([expected, logits.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(greedy, expected)
+
+
+def test_zero_new_tokens_returns_the_prompt(model):
+    assert sample_text(model, "gpt2", "To be, or not", max_new_tokens=0) == "To be, or not"
+
+
+def test_a_prompt_longer_than_the_context_is_cropped_with_a_notice(model, caplog):
+    prompt = "Now is the winter of our discontent made glorious summer by this sun of York " * 2
+    with caplog.at_level(logging.WARNING, logger="lmlab"):
+        text = sample_text(model, "gpt2", prompt, max_new_tokens=4, temperature=0)
+    assert text.startswith(prompt) and len(text) > len(prompt)
+    (notice,) = [r.getMessage() for r in caplog.records]
+    n = len(get_tokenizer("gpt2").encode(prompt))
+    assert n > 16 and notice == (f"the prompt is {n} tokens, longer than the model's context of 16: the model "
+                      "sees only its last 16 tokens")
