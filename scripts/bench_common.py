@@ -1,0 +1,49 @@
+"""What every benchmark section shares: interleaved timing, the machine line, the matmul peak."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def bench(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median seconds of each ``fns[name]()`` over ``repeats`` rounds after ``warmup`` rounds. The
+    functions take turns within each round, so a busy machine slows them alike."""
+    times = {name: [] for name in fns}
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def machine() -> str:
+    """One line naming the CPU, its matrix-relevant flags, threads and load: printed beside every
+    figure, because figures from different machines are not comparable."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        name = next(l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name"))
+        flags = set(next(l for l in info.splitlines() if l.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        name, flags = platform.processor() or "unknown CPU", set()
+    have = [f for f in FLAGS if f in flags]
+    return (f"machine: {name} ({os.cpu_count()} CPUs; {' '.join(have) or 'no AVX2'}), "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"load average {os.getloadavg()[0]:.1f}")
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
+    """Measured FLOP/s of an n x n matmul in ``dtype`` on this machine: the MFU denominator,
+    measured in the same run rather than taken from a data sheet."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    t = bench({"mm": lambda: a @ b}, repeats)["mm"]
+    return 2 * n**3 / t
