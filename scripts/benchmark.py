@@ -98,11 +98,11 @@ def cmd_train(args) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import lmlab.cli  # noqa: F401  (config resolvers)
+    from lmlab.config import conf_dir, register_resolvers
     from lmlab.model import Transformer
 
-    conf = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "conf")
-    with initialize_config_dir(os.path.abspath(conf), version_base="1.3"):
+    register_resolvers()
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
         cfg = compose("train", overrides=args.overrides)
     torch.manual_seed(0)
     model = Transformer(OmegaConf.to_container(cfg.model, resolve=True))

@@ -1,6 +1,6 @@
 import torch
 
-from lmlab.generate import generate, sample_next
+from lmlab.sampling import sample_next, sample_tokens
 from lmlab.model import Transformer
 from tests.conftest import TINY, model_cfg
 
@@ -35,13 +35,13 @@ def test_kv_cache_generation_equals_full_recomputation():
     for pos in ("learned", "rope", "alibi", "sinusoidal", "none"):
         model = tiny_model(f"model/position={pos}")
         prompt = torch.randint(0, 97, (2, 5))
-        with_cache = generate(model, prompt, 10, temperature=0, use_cache=True)
-        without = generate(model, prompt, 10, temperature=0, use_cache=False)
+        with_cache = sample_tokens(model, prompt, 10, temperature=0, use_cache=True)
+        without = sample_tokens(model, prompt, 10, temperature=0, use_cache=False)
         assert torch.equal(with_cache, without), pos
 
 
 def test_generation_past_the_context_keeps_going():
     model = tiny_model("model/position=rope")
-    out = generate(model, torch.randint(0, 97, (1, 4)), 40, temperature=0, use_cache=True)
-    ref = generate(model, torch.randint(0, 97, (1, 4)), 0)
+    out = sample_tokens(model, torch.randint(0, 97, (1, 4)), 40, temperature=0, use_cache=True)
+    ref = sample_tokens(model, torch.randint(0, 97, (1, 4)), 0)
     assert out.shape == (1, 44) and ref.shape == (1, 4)

@@ -104,7 +104,7 @@ def test_lmlab_presets_export_and_load_in_transformers(overrides, tmp_path):
     (["model=tiny", "model.norm_placement=post"], "gpt2", "norm_placement=post"),
     (["model=llama"], "gpt2", "position RoPE"),
     (["model=tiny", "model/attention=gqa"], "gpt2", "n_kv_heads=2"),
-    (["model=llama", "model.position.scaling=ntk", "model.position.factor=2"], "llama", "rope.scaling=ntk"),
+    (["model=llama", "model.position.scaling=ntk", "model.position.factor=2"], "llama", "model.position.scaling=ntk"),
 ])
 def test_variants_without_a_hf_equivalent_are_refused(overrides, layout, named, tmp_path):
     model = Transformer(model_cfg(overrides + TINY + [f"model.vocab_size={VOCAB}"]))

@@ -59,7 +59,7 @@ def table_rows(report: str) -> list[dict[str, str]]:
 # --- data: every arm sees the same batches for a given seed -----------------------------------
 
 def test_arms_see_the_same_data_in_the_same_order(cache_dir):
-    from lmlab.cli import build_datamodule
+    from lmlab.training import build_datamodule
 
     def batches(overrides):
         cfg = compose_cfg(overrides + ["model.context_length=16", "data.batch_size=4",

@@ -3,12 +3,49 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
 LOAD_KEY = re.compile(r"^layer(\d+)/load$")
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; the run is stopped and recorded as failed."""
+
+
+class DivergenceGuard(L.Callback):
+    """Stops a run at the first non-finite training loss, so a diverging arm of a sweep fails fast
+    and is recorded as failed instead of training on NaNs until max_steps."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss.detach()).all():
+            raise Diverged(f"non-finite training loss ({float(loss):.4g}) at step {trainer.global_step}")
+
+
+class ThroughputMeter(L.Callback):
+    """Training tokens per second over the whole run: tokens of all training batches but the first
+    (warm-up) over their summed step times, validation and checkpointing excluded. Steadier than
+    the per-step ``train/tokens_per_s`` the module logs."""
+
+    def __init__(self):
+        self.tokens, self.seconds, self._t0, self._batches = 0, 0.0, None, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._batches += 1
+        if self._t0 is not None and self._batches > 1:
+            self.seconds += time.perf_counter() - self._t0
+            self.tokens += (batch.shape[1] - 1) * batch.shape[0] * trainer.world_size
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds > 0 else None
 
 
 class RoutingMonitor(L.Callback):

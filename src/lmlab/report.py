@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from lmlab.run_record import RECORD_FILE, job_status, override_key, override_map, read_record, swept_keys
 
 SEED_KEYS = ("seed",)
 
@@ -32,22 +33,16 @@ class Job:
 
     @property
     def status(self) -> str:
-        if "status" in self.metrics:
-            return self.metrics["status"]
-        return "completed" if "val_loss" in self.metrics else "running"  # older metrics.json
+        return job_status(self.metrics)
 
     def override_map(self) -> dict[str, str]:
-        return dict(o.lstrip("+~").split("=", 1) if "=" in o else (o, "") for o in self.overrides)
+        return override_map(self.overrides)
 
 
 @dataclass
 class Arm:
     label: str  # the arm's own overrides (those that vary across the sweep, seed aside)
     jobs: list[Job]
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _job_sort_key(p: Path):
@@ -71,15 +66,10 @@ def read_curve(job_dir: Path) -> list[tuple[int, float]]:
 def load_jobs(sweep_dir: Path) -> list[Job]:
     jobs = []
     for d in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir()), key=_job_sort_key):
-        ov_file, m_file = d / ".hydra" / "overrides.yaml", d / "metrics.json"
+        ov_file, m_file = d / ".hydra" / "overrides.yaml", d / RECORD_FILE
         if not ov_file.is_file() and not m_file.is_file():
             continue  # not a job directory
-        metrics = {}
-        if m_file.is_file():
-            try:
-                metrics = json.loads(m_file.read_text())
-            except json.JSONDecodeError:
-                metrics = {}
+        metrics = read_record(d)
         overrides = (yaml.safe_load(ov_file.read_text()) if ov_file.is_file() else None) or \
             metrics.get("overrides", [])
         jobs.append(Job(d.name, d, [str(o) for o in overrides], metrics, read_curve(d)))
@@ -95,27 +85,6 @@ def varied_keys(jobs: list[Job]) -> list[str]:
     return [k for k in keys if len({m.get(k) for m in maps}) > 1]
 
 
-SWEEP_FUNCTIONS = ("choice(", "range(", "interval(", "tag(", "glob(")
-
-
-def swept_keys(sweep_dir: Path) -> set[str]:
-    """Keys the sweep was asked to vary (its multirun.yaml: hydra.sweeper.params and the command
-    line's ``key=a,b`` sweeps), so the arms of a running sweep are labelled before all have run."""
-    path = Path(sweep_dir) / "multirun.yaml"
-    if not path.is_file():
-        return set()
-    try:
-        hydra_cfg = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
-    except yaml.YAMLError:
-        return set()
-    keys = {str(k).lstrip("+~") for k in ((hydra_cfg.get("sweeper") or {}).get("params") or {})}
-    for o in (hydra_cfg.get("overrides") or {}).get("task") or []:
-        key, _, value = str(o).partition("=")
-        if "," in value or value.startswith(SWEEP_FUNCTIONS):
-            keys.add(key.lstrip("+~"))
-    return keys
-
-
 def group_arms(jobs: list[Job], swept: set[str] = frozenset()) -> tuple[list[Arm], list[str], list[str]]:
     """(arms, varied keys, overrides common to all jobs). ``swept``: keys the sweep varies."""
     differing = varied_keys(jobs)
@@ -125,11 +94,11 @@ def group_arms(jobs: list[Job], swept: set[str] = frozenset()) -> tuple[list[Arm
     varied = list(dict.fromkeys(varied))
     arms: dict[str, Arm] = {}
     for j in jobs:
-        label = " ".join(o for o in j.overrides if _key(o) in varied and _key(o) not in SEED_KEYS)
+        label = " ".join(o for o in j.overrides
+                         if override_key(o) in varied and override_key(o) not in SEED_KEYS)
         label = label or "(all)"
         arms.setdefault(label, Arm(label, [])).jobs.append(j)
-    common = [o for o in (jobs[0].overrides if jobs else [])
-              if o.lstrip("+~").split("=", 1)[0] not in varied]
+    common = [o for o in (jobs[0].overrides if jobs else []) if override_key(o) not in varied]
     return list(arms.values()), varied, common
 
 
@@ -229,7 +198,7 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     out = Path(out_dir) if out_dir else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     jobs = load_jobs(sweep_dir)
-    arms, varied, common = group_arms(jobs, swept_keys(sweep_dir))
+    arms, varied, common = group_arms(jobs, swept_keys(sweep_dir) or set())
     rows = [arm_row(a) for a in arms]
     n_status: dict[str, int] = {}
     for j in jobs:
@@ -247,7 +216,7 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     if plot_curves(arms, out / "val_loss.png"):
         parts.append("![validation loss per arm](val_loss.png)\n")
     def arm_of(j: Job) -> str:
-        return " ".join(o for o in j.overrides if o.lstrip("+~").split("=")[0] in varied)
+        return " ".join(o for o in j.overrides if override_key(o) in varied)
 
     failed = [j for j in jobs if j.status == "failed"]
     if failed:

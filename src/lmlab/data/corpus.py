@@ -43,12 +43,16 @@ def shakespeare_plays() -> dict[str, str]:
     return {p.stem: markdown_to_text(p.read_text(encoding="utf-8")) for p in paths}
 
 
-def text_files(paths: list[str]) -> dict[str, str]:
-    """The user's own text files, keyed by path. Missing files fail with a one-line error."""
-    docs = {}
+def check_text_files(paths: list[str]) -> None:
+    """Refuse, in one line, a missing ``data.path`` before any model is built."""
+    if not paths:
+        raise ValueError("data.path: data=text needs data.path=<file> (or a list of files)")
     for p in paths:
-        path = Path(p).expanduser()
-        if not path.is_file():
+        if not Path(p).expanduser().is_file():
             raise FileNotFoundError(f"data.path: no such file: {p}")
-        docs[str(path.resolve())] = path.read_text(encoding="utf-8", errors="replace")
-    return docs
+
+
+def text_files(paths: list[str]) -> dict[str, str]:
+    """The user's own text files (checked by check_text_files), keyed by path."""
+    return {str(Path(p).expanduser().resolve()): Path(p).expanduser().read_text(encoding="utf-8", errors="replace")
+            for p in paths}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lmlab.data.corpus import shakespeare_plays, text_files
+from lmlab.data.corpus import check_text_files, shakespeare_plays, text_files
 from lmlab.data.tokenizer import get_tokenizer
 
 
@@ -140,11 +140,7 @@ class TokenDataModule(L.LightningDataModule):
             raise ValueError(f"data.source: unknown {source!r}; valid choices: shakespeare, text")
         paths = [path] if isinstance(path, str) else list(path or [])
         if source == "text":
-            if not paths:
-                raise ValueError("data.path: data=text needs data.path=<file> (or a list of files)")
-            for p in paths:  # fail before any model is built
-                if not Path(p).expanduser().is_file():
-                    raise FileNotFoundError(f"data.path: no such file: {p}")
+            check_text_files(paths)  # fail before any model is built
         self.source, self.paths = source, paths
         self.val_docs = list(val_docs) if val_docs else None
         self.val_fraction, self.tokenizer_name = val_fraction, tokenizer

@@ -1,4 +1,5 @@
-"""Text generation: greedy, temperature, top-k and top-p (nucleus) sampling, with a KV cache."""
+"""Sampling from a model: greedy, temperature, top-k and top-p (nucleus), with a KV cache;
+``sample_tokens`` extends token ids, ``sample_text`` turns a prompt into text."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def sample_next(
 
 
 @torch.no_grad()
-def generate(
+def sample_tokens(
     model: Transformer,
     idx: torch.Tensor,
     max_new_tokens: int,
@@ -65,3 +66,15 @@ def generate(
             break
     model.train(was_training)
     return idx
+
+
+def sample_text(model: Transformer, tokenizer_name: str, prompt: str, seed: int = 0, **kwargs) -> str:
+    """``prompt`` followed by what the model samples after it (``kwargs``: see sample_tokens)."""
+    from lmlab.data.tokenizer import get_tokenizer
+
+    enc = get_tokenizer(tokenizer_name)
+    device = next(model.parameters()).device
+    idx = torch.tensor([enc.encode(prompt, allowed_special="all")], device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = sample_tokens(model, idx, generator=gen, **kwargs)
+    return enc.decode(out[0].tolist())

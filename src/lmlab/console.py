@@ -1,0 +1,26 @@
+"""What a run prints: lmlab's own lines, not third-party advertisements or warnings from inside
+libraries that the user cannot act on."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+# Lightning's info lines that are not about the user's run: an advertisement for a hosted product
+# and the accelerators the machine lacks.
+_NOISE = ("💡 Tip:", "TPU available:", "HPU available:")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_NOISE)
+
+
+def quiet_third_party() -> None:
+    """Drop Lightning's advertisement and accelerator inventory and a deprecation warning raised
+    inside Lightning's own code (lightning/pytorch/utilities/_pytree.py, about torch's LeafSpec)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

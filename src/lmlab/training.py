@@ -1,0 +1,150 @@
+"""One training run, from a composed config to trained checkpoints, a sample and the run record:
+the body of ``python train.py``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from lmlab.callbacks import Diverged, DivergenceGuard, ThroughputMeter
+from lmlab.errors import UserError
+from lmlab.loggers import WandbRuns, make_loggers
+from lmlab.model.moe import active_params
+from lmlab.run_record import hydra_job, record_failure, start_record, write_record
+from lmlab.sampling import sample_text
+
+log = logging.getLogger("lmlab")
+
+
+def build_datamodule(cfg: DictConfig):
+    try:
+        return hydra.utils.instantiate(cfg.data)
+    except Exception as err:  # instantiate wraps constructor errors; report the cause alone
+        cause = err.__cause__ or err
+        if isinstance(cause, (ValueError, FileNotFoundError)):
+            raise UserError(str(cause)) from None
+        raise
+
+
+def build_module(cfg: DictConfig):
+    from lmlab.module import LanguageModule
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    try:
+        return LanguageModule(model=model_cfg, **OmegaConf.to_container(cfg.module, resolve=True))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def describe(module) -> str:
+    m = module.model
+    active = active_params(m)
+    params = f"{m.num_params():,} parameters" + (
+        f" ({active:,} active per token)" if active != m.num_params() else "")
+    return f"model: {params}, {m.flops_per_token() / 1e6:,.1f} MFLOPs per token (training)"
+
+
+def train(cfg: DictConfig) -> float | None:
+    """One job. In a multirun, a failing or diverging job is recorded as failed in its run
+    record and returns NaN so the other jobs go on (Hydra's sweepers would otherwise raise the
+    first failure and stop); a single run raises."""
+    try:
+        metrics = run_training(cfg)
+    except Exception as err:
+        record = record_failure(_run_dir(cfg), err, cfg.get("seed"))
+        if hydra_job().get("multirun"):
+            log.error(f"job failed, the sweep goes on: {record['error']}",
+                      exc_info=not isinstance(err, (UserError, Diverged)))
+            return float("nan")  # Optuna marks a NaN trial as failed
+        raise
+    return metrics.get("val_loss")
+
+
+def _run_dir(cfg: DictConfig) -> Path:
+    try:
+        return Path(cfg.paths.output_dir)
+    except Exception:  # the config itself is broken: Hydra's own job dir
+        from hydra.core.hydra_config import HydraConfig
+        return Path(HydraConfig.get().runtime.output_dir)
+
+
+def run_training(cfg: DictConfig) -> dict:
+    """Train, validate and sample as ``cfg`` says; return the final metrics. The run record says
+    ``status: running`` while it trains and holds the final metrics when it ends."""
+    out_dir = Path(cfg.paths.output_dir)
+    job = hydra_job()
+    record = start_record(out_dir, job, cfg.seed)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)  # checks data paths before the model is built
+    module = build_module(cfg)
+    log.info(describe(module))
+    loggers = make_loggers(cfg, job)
+    wandb = WandbRuns(loggers)
+    try:
+        wandb.start(cfg)
+        metrics = fit(cfg, module, datamodule, loggers, record, out_dir)
+    except BaseException:
+        wandb.fail()
+        raise
+    wandb.finish(metrics, cfg.sample.prompt)
+    return metrics
+
+
+def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_dir: Path) -> dict:
+    """Fit, then validate the best checkpoint, sample from it and write the final record."""
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    meter = ThroughputMeter()
+    callbacks += [DivergenceGuard(), meter]
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+
+    m = module.model
+    metrics = dict(record, status="completed", params=m.num_params(), active_params=active_params(m),
+                   flops_per_token=m.flops_per_token(), steps=trainer.global_step,
+                   world_size=trainer.world_size, train_time_s=time.perf_counter() - t0)
+    if trainer.world_size > 1:  # identical on every rank when DDP kept the replicas in sync
+        checksum = sum(p.detach().double().sum() for p in module.parameters())
+        metrics["param_checksums"] = trainer.strategy.all_gather(checksum).tolist()
+    tps = meter.tokens_per_s or trainer.callback_metrics.get("train/tokens_per_s")
+    if tps is not None:
+        metrics["tokens_per_s"] = float(tps)
+    last_val = trainer.callback_metrics.get("val/loss")
+    if last_val is not None:  # the last validation during training
+        metrics.update(final_val_loss=float(last_val), final_val_ppl=math.exp(float(last_val)))
+    if trainer.fast_dev_run:
+        return metrics
+    metrics.update(validate_best(trainer, module, datamodule))
+    if trainer.is_global_zero:
+        s = cfg.sample
+        if s and s.max_new_tokens:
+            text = sample_text(module.model, cfg.data.tokenizer, s.prompt, seed=cfg.seed,
+                               max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                               top_k=s.top_k, top_p=s.top_p)
+            (out_dir / "sample.txt").write_text(text)
+            metrics["sample"] = text
+            print(f"\n----- sample (prompt {s.prompt!r}) -----\n{text}\n-----", flush=True)
+        metrics["finished"] = time.time()
+        write_record(out_dir, metrics)
+    return metrics
+
+
+def validate_best(trainer: L.Trainer, module, datamodule) -> dict:
+    """Validation loss of the best checkpoint (the module is left holding its weights)."""
+    ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    val = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
+                         weights_only=True)[0]["val/loss"]
+    if not math.isfinite(val):
+        raise Diverged(f"non-finite validation loss ({val}) of the best checkpoint {ckpt}")
+    best = getattr(trainer.checkpoint_callback, "best_model_score", None)
+    best = min(val, float(best)) if best is not None else val
+    if trainer.is_global_zero:
+        log.info(f"final validation loss {val:.4f}, perplexity {math.exp(val):.2f} ({ckpt})")
+    return {"val_loss": val, "val_ppl": math.exp(val), "checkpoint": ckpt,
+            "best_val_loss": best, "best_val_ppl": math.exp(best)}
