@@ -10,17 +10,19 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
+from lmlab.model.head_loss import linear_cross_entropy
+
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor  # (B, T, vocab)
+    logits: torch.Tensor | None  # (B, T, vocab); None from Transformer.loss, which never makes them
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # named, weighted aux losses
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, per layer
+    features: torch.Tensor | None = None  # (B, T, C), the final hidden states
 
 
 def build(spec: dict, **dims):
@@ -107,6 +109,12 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor, caches: list[dict] | None = None) -> ModelOutput:
         """idx (B, T) token ids -> logits (B, T, vocab). With ``caches`` (one dict per layer),
         keys and values are kept for the next call and positions continue after them."""
+        out = self.features(idx, caches)
+        out.logits = self.lm_head(out.features)  # (B, T, vocab)
+        return out
+
+    def features(self, idx: torch.Tensor, caches: list[dict] | None = None) -> ModelOutput:
+        """idx (B, T) -> the final hidden states (B, T, C) that the LM head reads, no logits."""
         B, T = idx.shape
         start = caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
         limit = getattr(self.position, "context_length", None)  # only a learned table has one
@@ -124,8 +132,7 @@ class Transformer(nn.Module):
             for name, value in block_losses.items():
                 losses[name] = losses.get(name, 0.0) + value
             stats.update({f"layer{i}/{k}": v for k, v in block_stats.items()})
-        logits = self.lm_head(self.norm(x))  # (B, T, vocab)
-        return ModelOutput(logits, losses, stats)
+        return ModelOutput(None, losses, stats, features=self.norm(x))
 
     # ---- reports -------------------------------------------------------------------------
     def num_params(self) -> int:
@@ -145,6 +152,9 @@ class Transformer(nn.Module):
         return 6 * n + 12 * len(self.blocks) * self.context_length * self.cfg["d_model"]
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ModelOutput]:
-        out = self(idx)
-        ce = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
+        """Mean cross-entropy of the next-token predictions against targets (B, T). The head and
+        the loss are computed together a chunk of tokens at a time (see head_loss.py): the
+        (B, T, vocab) logits are never held, and the softmax is fp32 whatever the autocast."""
+        out = self.features(idx)
+        ce = linear_cross_entropy(out.features, self.lm_head.weight, targets)
         return ce, out
