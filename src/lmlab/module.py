@@ -34,6 +34,7 @@ class LanguageModule(L.LightningModule):
         warmup_steps: int = 100,
         max_steps: int = 1000,
         min_lr_ratio: float = 0.1,
+        optimizer: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()  # plain containers only, so load_from_checkpoint works
@@ -96,14 +97,14 @@ class LanguageModule(L.LightningModule):
         self.log("val/ppl", torch.exp(loss), sync_dist=False)
 
     def configure_optimizers(self):
+        """The optimizer of ``module/optimizer`` (a ``_target_`` in lmlab.optim; AdamW when
+        none is given), linear warmup then cosine decay, stepped every optimizer step."""
+        from hydra.utils import instantiate
+
         hp = self.hparams
-        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": hp.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        spec = dict(hp.optimizer or {"_target_": "lmlab.optim.adamw"})
+        opt = instantiate(spec, model=self.model, lr=hp.lr, weight_decay=hp.weight_decay,
+                          betas=tuple(hp.betas))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
         )
