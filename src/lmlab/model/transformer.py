@@ -95,6 +95,10 @@ class Transformer(nn.Module):
         if cfg.get("tie_weights", False):
             self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
+        # model.compile: each block compiled on its own (identical blocks share one compilation),
+        # kept outside the module tree so the state dict, and so checkpoints, are the same with
+        # or without it; decoding with a KV cache runs the blocks eagerly
+        self._compiled = [torch.compile(b) for b in self.blocks] if cfg.get("compile") else None
 
     def _init_weights(self, m: nn.Module):
         """GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layers)."""
@@ -127,7 +131,8 @@ class Transformer(nn.Module):
         x = self.drop(self.position.embed(self.tok_emb(idx), pos))  # (B, T, C)
         losses: dict[str, torch.Tensor] = {}
         stats: dict[str, torch.Tensor] = {}
-        for i, block in enumerate(self.blocks):
+        blocks = self._compiled if self._compiled and caches is None else self.blocks
+        for i, block in enumerate(blocks):
             x, block_losses, block_stats = block(x, self.position, pos, caches[i] if caches else None)
             for name, value in block_losses.items():
                 losses[name] = losses.get(name, 0.0) + value
