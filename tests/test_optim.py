@@ -77,3 +77,15 @@ def test_unknown_optimizer_names_the_choices():
     with pytest.raises(Exception, match="adamw") as err:
         compose_cfg(SMALL + ["module/optimizer=sgd"])
     assert "muon" in str(err.value)
+
+
+def test_fused_adamw_clips_gradients_under_bf16_autocast(tmp_path):
+    """Lightning refuses to clip with an optimizer that claims to unscale fp16 gradients itself;
+    lmlab's fused AdamW does not claim it, so bf16-mixed with clipping trains."""
+    module = module_for("adamw")
+    data = torch.utils.data.DataLoader(torch.randint(0, 64, (4, 17)), batch_size=2)
+    trainer = L.Trainer(max_steps=2, logger=False, accelerator="cpu", precision="bf16-mixed",
+                        gradient_clip_val=1.0, enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, data)
+    assert trainer.global_step == 2

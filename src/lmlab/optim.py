@@ -35,8 +35,13 @@ def adamw(model: nn.Module, lr: float, weight_decay: float, betas, params=None,
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if fused is None:
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(_decay_groups(params, weight_decay), lr=lr, betas=tuple(betas),
-                             fused=fused)
+    opt = torch.optim.AdamW(_decay_groups(params, weight_decay), lr=lr, betas=tuple(betas),
+                            fused=fused)
+    # A fused AdamW announces that it can unscale fp16 gradients itself, and Lightning then
+    # refuses gradient clipping under mixed precision. With bf16 there is nothing to unscale, and
+    # with fp16 the GradScaler unscales before clipping when the optimizer does not claim it.
+    opt._step_supports_amp_scaling = False
+    return opt
 
 
 class Combined(torch.optim.Optimizer):

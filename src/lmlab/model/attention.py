@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.model.kv_cache import append_kv
 from lmlab.model.norm import RMSNorm
 from lmlab.model.position import Position
 
@@ -77,17 +78,14 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = position.rotate(q, k, pos, pos)
         if cache is not None:  # keys and values of earlier positions, already rotated
-            if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+            k, v = append_kv(cache, k, v)
         k_pos = torch.arange(k.shape[2], device=x.device)
         mask = self._mask(position, pos, k_pos, x.dtype)  # None, or (nh|1, Tq, Tk) additive
         drop = self.dropout if self.training else 0.0
         weights = None
         if self.kernel == "sdpa" and not need_weights:
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=drop, is_causal=mask is None,
+                q, k, v, attn_mask=mask, dropout_p=drop, is_causal=mask is None and T > 1,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )  # (B, nh, T, hs)
         else:
@@ -110,8 +108,8 @@ class Attention(nn.Module):
         ``window`` or more positions back) plus the position bias, if any. None when a plain
         causal mask over aligned queries and keys is all that is needed."""
         bias = position.bias(q_pos, k_pos)
-        if bias is None and self.window is None and len(q_pos) == len(k_pos):
-            return None
+        if bias is None and self.window is None and (len(q_pos) == len(k_pos) or len(q_pos) == 1):
+            return None  # plain causal; a single newest query sees every key
         back = q_pos[:, None] - k_pos[None, :]  # (Tq, Tk): how far back each key is
         visible = back >= 0
         if self.window is not None:

@@ -120,7 +120,7 @@ class Transformer(nn.Module):
     def features(self, idx: torch.Tensor, caches: list[dict] | None = None) -> ModelOutput:
         """idx (B, T) -> the final hidden states (B, T, C) that the LM head reads, no logits."""
         B, T = idx.shape
-        start = caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
+        start = caches[0].get("length", 0) if caches else 0
         limit = getattr(self.position, "context_length", None)  # only a learned table has one
         if limit is not None and start + T > limit:
             raise ValueError(
