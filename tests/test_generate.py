@@ -45,3 +45,41 @@ def test_generation_past_the_context_keeps_going():
     out = sample_tokens(model, torch.randint(0, 97, (1, 4)), 40, temperature=0, use_cache=True)
     ref = sample_tokens(model, torch.randint(0, 97, (1, 4)), 0)
     assert out.shape == (1, 44) and ref.shape == (1, 4)
+
+
+# ---- batches, stop strings, streaming (real GPT-2 tokenizer) ------------------------------------
+def gpt2_tiny():
+    return tiny_model("model.vocab_size=50257", "model.context_length=64")
+
+
+def test_a_batch_of_prompts_equals_the_prompts_one_by_one():
+    from lmlab.data.tokenizer import get_tokenizer
+    from lmlab.sampling import sample_text, sample_texts
+
+    model = gpt2_tiny()
+    prompts = ["ROMEO:", "HAMLET:", "To be, or not to be", "Enter"]
+    lengths = [len(get_tokenizer("gpt2").encode(p)) for p in prompts]
+    assert len(set(lengths)) < len(lengths)  # some prompts really share a batch
+    batched = sample_texts(model, "gpt2", prompts, num_samples=2, max_new_tokens=12, temperature=0)
+    single = [sample_text(model, "gpt2", p, max_new_tokens=12, temperature=0) for p in prompts]
+    assert [b[0] for b in batched] == [b[1] for b in batched] == single
+
+
+def test_a_stop_string_ends_generation_before_it():
+    import io
+
+    from lmlab.sampling import sample_text
+
+    model = gpt2_tiny()
+    calls = []
+    model.lm_head.register_forward_hook(lambda *a: calls.append(1))
+    full = sample_text(model, "gpt2", "ROMEO:", max_new_tokens=30, temperature=0)
+    new = full[len("ROMEO:"):]
+    stop = new[len(new) // 3: len(new) // 3 + 3]  # a piece of what greedy decoding produces
+    calls.clear()
+    stream = io.StringIO()
+    text = sample_text(model, "gpt2", "ROMEO:", max_new_tokens=30, temperature=0, stop=[stop],
+                       stream=stream)
+    assert text == "ROMEO:" + new[: new.find(stop)]
+    assert len(calls) < 30  # generation ended early, not just the text cut
+    assert "ROMEO:" + stream.getvalue() == text  # streamed as produced, nothing past the stop

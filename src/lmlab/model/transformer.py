@@ -10,16 +10,16 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
-from lmlab.model.head_loss import linear_cross_entropy
 
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor | None  # (B, T, vocab); None from Transformer.loss, which never makes them
+    logits: torch.Tensor | None  # (B, T, vocab); None from Transformer.features
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # named, weighted aux losses
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, per layer
     features: torch.Tensor | None = None  # (B, T, C), the final hidden states
@@ -157,9 +157,10 @@ class Transformer(nn.Module):
         return 6 * n + 12 * len(self.blocks) * self.context_length * self.cfg["d_model"]
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ModelOutput]:
-        """Mean cross-entropy of the next-token predictions against targets (B, T). The head and
-        the loss are computed together a chunk of tokens at a time (see head_loss.py): the
-        (B, T, vocab) logits are never held, and the softmax is fp32 whatever the autocast."""
+        """Mean cross-entropy of the next-token predictions against targets (B, T); log-softmax
+        in fp32 whatever the autocast. (A chunked head + loss that overwrote bf16 logits with
+        their gradient in place measured 4% slower per step on a 2-core EPYC: not kept.)"""
         out = self.features(idx)
-        ce = linear_cross_entropy(out.features, self.lm_head.weight, targets)
+        out.logits = self.lm_head(out.features)  # (B, T, vocab)
+        ce = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
         return ce, out
