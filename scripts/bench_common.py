@@ -41,9 +41,12 @@ def machine() -> str:
             f"load average {os.getloadavg()[0]:.1f}")
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
-    """Measured FLOP/s of an n x n matmul in ``dtype`` on this machine: the MFU denominator,
-    measured in the same run rather than taken from a data sheet."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    t = bench({"mm": lambda: a @ b}, repeats)["mm"]
-    return 2 * n**3 / t
+MATMUL_N = 1024
+MATMUL_FLOP = 2 * MATMUL_N**3
+
+
+def matmul(dtype: torch.dtype):
+    """An n x n matmul in ``dtype``: timed beside the steps it is compared with, its FLOP/s is the
+    MFU denominator, the peak measured on this machine rather than taken from a data sheet."""
+    a, b = torch.randn(MATMUL_N, MATMUL_N).to(dtype), torch.randn(MATMUL_N, MATMUL_N).to(dtype)
+    return lambda: a @ b

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from bench_common import bench, machine
+from bench_generate import cmd_generate
 from bench_train import cmd_overhead, cmd_train
 from lmlab.hardware import reuse_freed_memory
 from lmlab.model.ffn import DenseFFN
@@ -83,6 +84,13 @@ SECTIONS = {
         ("--rounds", dict(type=int, default=2)),
         ("--cache-dir", dict(default=None, help="tokenized corpus cache (default: a temp dir)")),
         ("--bf16", dict(action="store_true", help="time bf16 even where it is emulated (slow)")),
+    ]),
+    "generate": (cmd_generate, "KV-cache decoding vs recomputation and transformers' generate()", [
+        ("overrides", dict(nargs="*", help="config overrides (default: the default model)")),
+        ("--new-tokens", dict(type=int, default=256)),
+        ("--prompt-tokens", dict(type=int, default=8)),
+        ("--batch", dict(type=int, default=1)),
+        ("--repeats", dict(type=int, default=3)),
     ]),
     "moe": (cmd_moe, "MoE layer vs a naive masked loop and an equal-active dense FFN", [
         ("--tokens", dict(type=int, default=4096)),
