@@ -150,8 +150,7 @@ def cmd_overhead(args) -> None:
         precision = "bf16-mixed" if dtype == torch.bfloat16 else "32-true"
         with tempfile.TemporaryDirectory() as tmp:
             cfg = compose(args.overrides + [f"trainer.precision={precision}", f"paths.output_dir={tmp}",
-                                            f"paths.cache_dir={args.cache_dir or tmp}",
-                                            "trainer.enable_progress_bar=true"])
+                                            f"paths.cache_dir={args.cache_dir or tmp}"])
             module = build_module(cfg)
             B, T = cfg.data.batch_size, module.model.context_length
             batch = torch.randint(0, cfg.model.vocab_size, (B, T + 1))

@@ -18,7 +18,7 @@ from lmlab.console import quiet_third_party
 from lmlab.errors import UserError, exit_with
 from lmlab.hardware import reuse_freed_memory
 from lmlab.overrides import check_argv
-from lmlab.sampling import sample_text
+from lmlab.sampling import sample_texts
 from lmlab.training import build_datamodule, train as run_job
 
 CONF_DIR = conf_dir()
@@ -63,13 +63,20 @@ def _generate(cfg: DictConfig) -> None:
         module = load_module(cfg.ckpt_path, cfg.device)
     except UserError as err:
         exit_with(err)
-    texts = []
-    for i in range(cfg.num_samples):
-        text = sample_text(module.model, cfg.tokenizer, cfg.prompt, seed=cfg.seed + i,
+    prompts = [cfg.prompt] if isinstance(cfg.prompt, str) else list(cfg.prompt)
+    stream = sys.stdout if len(prompts) * cfg.num_samples == 1 else None
+    if stream:
+        print(f"----- sample 1/1 -----\n{prompts[0]}", end="", flush=True)
+    batches = sample_texts(module.model, cfg.tokenizer, prompts, num_samples=cfg.num_samples,
+                           stop=list(cfg.stop), stream=stream, seed=cfg.seed,
                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                            top_k=cfg.top_k, top_p=cfg.top_p, use_cache=cfg.use_cache)
-        texts.append(text)
-        print(f"----- sample {i + 1}/{cfg.num_samples} -----\n{text}", flush=True)
+    texts = [t for samples in batches for t in samples]
+    if stream:
+        print(flush=True)
+    else:
+        for i, text in enumerate(texts):
+            print(f"----- sample {i + 1}/{len(texts)} -----\n{text}", flush=True)
     Path(cfg.paths.output_dir, "samples.txt").write_text("\n\n".join(texts))
 
 
