@@ -13,8 +13,8 @@ import torch
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
-def bench(fns: dict, repeats: int, warmup: int = 2) -> dict:
-    """Median seconds of each ``fns[name]()`` over ``repeats`` rounds after ``warmup`` rounds. The
+def bench_times(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of each ``fns[name]()`` in each of ``repeats`` rounds after ``warmup`` rounds. The
     functions take turns within each round, so a busy machine slows them alike."""
     times = {name: [] for name in fns}
     for r in range(warmup + repeats):
@@ -23,7 +23,12 @@ def bench(fns: dict, repeats: int, warmup: int = 2) -> dict:
             fn()
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def bench(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each function, timed in turns (see bench_times)."""
+    return {name: statistics.median(t) for name, t in bench_times(fns, repeats, warmup).items()}
 
 
 def machine() -> str:
