@@ -1,8 +1,10 @@
 import numpy as np
+import torch
 import pytest
 
 from lmlab.data.corpus import markdown_to_text, shakespeare_plays
-from lmlab.data.datamodule import FixedWindows, RandomWindows, TokenDataModule, load_tokens
+from lmlab.data.datamodule import FixedWindows, TokenDataModule, load_tokens
+from lmlab.data.window_stream import ResumableLoader, WindowBatches
 from lmlab.data.tokenizer import get_tokenizer
 
 
@@ -62,13 +64,28 @@ def test_missing_text_file_fails_at_construction():
 
 def test_random_windows_depend_only_on_seed_and_index():
     tokens = np.arange(10_000, dtype=np.uint16)
-    a = RandomWindows(tokens, 16, 100, seed=3)
-    b = RandomWindows(tokens, 16, 100, seed=3)
-    c = RandomWindows(tokens, 16, 100, seed=4)
-    assert all(np.array_equal(a[i], b[i]) for i in (0, 7, 99))
-    assert not np.array_equal(a[5], c[5])
-    w = a[5]
+    a = WindowBatches(tokens, 16, batch_size=4, n_batches=25, seed=3)
+    b = WindowBatches(tokens, 16, batch_size=4, n_batches=25, seed=3)
+    c = WindowBatches(tokens, 16, batch_size=4, n_batches=25, seed=4)
+    assert all(torch.equal(a.batch(i), b.batch(i)) for i in (0, 7, 24))
+    assert not torch.equal(a.batch(5), c.batch(5))
+    w = a.batch(5)[0]
     assert len(w) == 17 and np.array_equal(np.diff(w.numpy()), np.ones(16))  # contiguous
+
+
+def test_ranks_split_the_global_batch_and_resume_mid_stream():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    one = WindowBatches(tokens, 16, batch_size=4, n_batches=10, seed=0)
+    ranks = [WindowBatches(tokens, 16, batch_size=2, n_batches=10, seed=0, rank=r, world_size=2)
+             for r in (0, 1)]
+    for b in range(10):  # two ranks of 2 = one process of 4, window for window
+        assert torch.equal(torch.cat([r.batch(b) for r in ranks]), one.batch(b))
+    ids = [set(i for b in range(10) for i in r.window_ids(b)) for r in ranks]
+    assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 40  # disjoint, none repeated
+    resumed = WindowBatches(tokens, 16, batch_size=4, n_batches=10, seed=0, start=6)
+    loader = ResumableLoader(resumed)
+    assert [x[0, 0] for x in loader] == [one.batch(b)[0, 0] for b in range(6, 10)]
+    assert len(list(loader)) == 10  # the next epoch starts at batch 0
 
 
 def test_validation_windows_are_fixed_and_cover_the_split():

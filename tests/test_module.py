@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from lmlab.module import LanguageModule, warmup_cosine
+from lmlab.module import LanguageModule
+from lmlab.schedule import warmup_cosine
 from tests.conftest import TINY, model_cfg
 
 
@@ -39,7 +40,7 @@ def test_aux_losses_are_added_to_the_objective():
         def on_before_backward(self, trainer, module, loss):
             with torch.no_grad():
                 ce, out = module._step(seen["batch"])
-            seen.update(loss=loss.item(), ce=ce.item(), aux=out.losses)
+            seen.update(loss=loss.item(), ce=ce.item(), aux=out.aux_losses)
 
     torch.manual_seed(0)
     module = LanguageModule(model_cfg(TINY + ["model.vocab_size=64", "model/ffn=moe"]))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from lmlab.callbacks import RoutingMonitor
 from lmlab.model import Transformer
-from lmlab.model.moe import MoE, active_params, moe_layers
+from lmlab.model.moe import MoE
 from lmlab.module import LanguageModule
 from tests.conftest import ROOT, TINY, model_cfg
 
@@ -48,10 +48,10 @@ def reference_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
             e, w = choices[n][0][j], choices[n][1][j]
             if taken[e] < cap:
                 taken[e] += 1
-                rows[n] = rows[n] + w * moe.experts[e](x[n:n + 1])[0][0]
+                rows[n] = rows[n] + w * moe.experts[e](x[n:n + 1])[0]
     out = torch.stack(rows)
     if moe.shared is not None:
-        out = out + moe.shared(x)[0]
+        out = out + moe.shared(x)
     return out.reshape(shape)
 
 
@@ -73,7 +73,8 @@ def test_dispatch_matches_reference_loop(expert, score, capacity, shared, bias_i
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     g = torch.randn(2, 12, 16)
 
-    y, _, stats = moe(x1)
+    y = moe(x1)
+    stats = moe.routing
     y.backward(g)
     grads = {n: p.grad.clone() for n, p in moe.named_parameters() if p.grad is not None}
     moe.zero_grad()
@@ -82,13 +83,13 @@ def test_dispatch_matches_reference_loop(expert, score, capacity, shared, bias_i
 
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-5)
-    for n, p in moe.named_parameters():
-        if p.grad is not None or n in grads:
-            torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-5, msg=n)
+    for n, p in moe.named_parameters():  # an idle expert gets zero gradients (for DDP), not None
+        ref = p.grad if p.grad is not None else torch.zeros_like(p)
+        torch.testing.assert_close(grads[n], ref, atol=1e-5, rtol=1e-5, msg=n)
     if capacity is None:
-        assert stats["dropped"] == 0
+        assert stats.dropped == 0
     elif capacity < 1:
-        assert stats["dropped"] > 0  # the capacity limit bit, so the test covered dropping
+        assert stats.dropped > 0  # the capacity limit bit, so the test covered dropping
 
 
 def test_capacity_drops_are_counted():
@@ -98,9 +99,9 @@ def test_capacity_drops_are_counted():
         moe.router.weight.zero_()
         moe.router.weight[0] = 1.0  # every token with a positive sum picks expert 0
     x = torch.randn(40, 8).abs()  # all 40 want expert 0, capacity ceil(40 / 4) = 10
-    _, _, stats = moe(x)
-    assert stats["counts"].tolist() == [40, 0, 0, 0]
-    assert stats["dropped"].item() == pytest.approx(30 / 40)
+    moe(x)
+    assert moe.tokens_per_expert.tolist() == [40, 0, 0, 0]  # what the router asked for
+    assert moe.routing.dropped.item() == pytest.approx(30 / 40)
 
 
 # ---- 2. the aux loss against transformers' Mixtral implementation ---------------------------
@@ -113,10 +114,11 @@ def test_aux_loss_matches_transformers(top_k):
     with torch.no_grad():
         moe.router.weight.mul_(20)  # an uneven router, so the loss is far from its minimum
     x = torch.randn(64, 16)
-    _, losses, stats = moe(x)
+    moe(x)
+    losses, stats = moe.aux_losses, moe.routing
     hf = load_balancing_loss_func((moe.router(x),), num_experts=8, top_k=top_k)
     # lmlab divides assignment counts by N * top_k, transformers by N: a factor top_k.
-    torch.testing.assert_close(stats["aux"] * top_k, hf)
+    torch.testing.assert_close(stats.aux * top_k, hf)
     torch.testing.assert_close(losses["moe_aux"], 0.02 * hf / top_k)
     assert hf / top_k > 1.05  # uniform routing would give 1
 
@@ -129,15 +131,16 @@ def test_aux_loss_over_layers_is_the_sum_of_per_layer_losses():
     model = Transformer(model_cfg([*MOE_TINY, "model.ffn.aux_loss_coef=0.01"]))
     logits = []
     hooks = [m.router.register_forward_hook(lambda mod, inp, out: logits.append(out))
-             for m in moe_layers(model).values()]
+             for m in model.moe_layers()]
     out = model(torch.randint(0, 256, (3, 16)))
     for h in hooks:
         h.remove()
     assert len(logits) == 2
     per_layer = sum(load_balancing_loss_func((lg,), num_experts=8, top_k=2) for lg in logits) / 2
-    torch.testing.assert_close(out.losses["moe_aux"], 0.01 * per_layer)
-    for i, lg in enumerate(logits):
-        torch.testing.assert_close(out.stats[f"layer{i}/aux"],
+    torch.testing.assert_close(out.aux_losses["moe_aux"], 0.01 * per_layer)
+    torch.testing.assert_close(model.aux_losses()["moe_aux"], 0.01 * per_layer)
+    for layer, lg in zip(model.moe_layers(), logits):
+        torch.testing.assert_close(layer.routing.aux,
                                    load_balancing_loss_func((lg,), num_experts=8, top_k=2) / 2)
 
 
@@ -145,7 +148,8 @@ def test_z_loss_is_mean_squared_logsumexp():
     torch.manual_seed(0)
     moe = MoE(16, n_experts=4, top_k=2, hidden_dim=8, z_loss_coef=1e-3)
     x = torch.randn(10, 16)
-    _, losses, _ = moe(x)
+    moe(x)
+    losses = moe.aux_losses
     expected = 1e-3 * torch.logsumexp(moe.router(x), -1).pow(2).mean()
     torch.testing.assert_close(losses["moe_z"], expected)
 
@@ -159,9 +163,22 @@ def test_bias_is_used_for_selection_only_and_moves_against_load():
     logits, _, choice, weights = moe.route(x)
     assert (choice == 0).all()
     torch.testing.assert_close(weights[:, 0], logits[:, 0].sigmoid())  # bias not in the weights
-    moe.update_bias(torch.tensor([50, 0, 0, 0]))
+    moe(x[:30])
+    moe(x[30:])  # two micro-batches of one step: the layer sums their counts
+    assert moe.tokens_per_expert.tolist() == [50, 0, 0, 0]
+    moe.update_bias()
     torch.testing.assert_close(moe.expert_bias, torch.tensor([9.9, 0.1, 0.1, 0.1]))
-    MoE(8, n_experts=4, hidden_dim=8).update_bias(torch.tensor([5, 0, 0, 0]))  # rate 0: no-op
+    assert moe.tokens_per_expert is None  # reset for the next step
+    moe(x)
+    moe.update_bias(reduce=lambda counts: 2 * counts)  # as if a second rank routed alike
+    torch.testing.assert_close(moe.expert_bias, torch.tensor([9.8, 0.2, 0.2, 0.2]))
+    moe.eval()
+    moe(x)  # evaluation passes do not count
+    assert moe.tokens_per_expert is None
+    fixed = MoE(8, n_experts=4, hidden_dim=8)
+    fixed(x)
+    fixed.update_bias()  # rate 0: no-op
+    assert not fixed.expert_bias.any() and fixed.tokens_per_expert is None
 
 
 def test_bad_values_name_the_choices():
@@ -178,9 +195,9 @@ def test_active_params_count_top_k_of_the_routed_experts():
     model = Transformer(model_cfg([*MOE_TINY, "model.ffn.n_shared=1"]))
     moe = model.blocks[0].ffn
     per_expert = sum(p.numel() for p in moe.experts[0].parameters())
-    assert active_params(model) == model.num_params() - 2 * (8 - 2) * per_expert
+    assert model.active_params() == model.num_params() - 2 * (8 - 2) * per_expert
     dense = Transformer(model_cfg(["model.vocab_size=256", *TINY]))
-    assert active_params(dense) == dense.num_params()
+    assert dense.active_params() == dense.num_params()
 
 
 def test_mixtral_preset():
@@ -192,7 +209,7 @@ def test_mixtral_preset():
     assert hasattr(moe.experts[0], "gate")  # SwiGLU experts
     assert type(model.norm).__name__ == "RMSNorm"
     out = model(torch.randint(0, 256, (2, 16)))
-    assert out.logits.shape == (2, 16, 256) and "moe_aux" in out.losses
+    assert out.logits.shape == (2, 16, 256) and "moe_aux" in out.aux_losses
 
 
 # ---- 3. balancing changes the load; training end to end -------------------------------------
@@ -216,8 +233,8 @@ def skewed_run(ffn_overrides: list[str], steps: int = 30):
                         callbacks=[RoutingMonitor(every_n_steps=0, heatmap=False)])
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
     with torch.no_grad():
-        stats = module.model(data[:32, :-1]).stats
-    return module, RoutingMonitor.load_matrix(stats)
+        module.model(data[:32, :-1])
+    return module, RoutingMonitor.load_matrix(module.model)
 
 
 def test_balancing_spreads_a_skewed_router():

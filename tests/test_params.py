@@ -37,10 +37,8 @@ def test_every_position_kind_survives_moving_the_model():
 
 
 def test_moe_flops_count_only_the_active_experts():
-    from lmlab.model.moe import active_params
-
     m = build_on_meta(["model=mixtral"])
-    assert active_params(m) < m.num_params()
-    n = active_params(m)  # untied: the head is a matmul, the embedding a lookup
+    assert m.active_params() < m.num_params()
+    n = m.active_params()  # untied: the head is a matmul, the embedding a lookup
     expected = 6 * (n - m.tok_emb.weight.numel()) + 12 * m.cfg["n_layers"] * m.context_length * m.cfg["d_model"]
     assert m.flops_per_token() == expected

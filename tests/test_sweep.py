@@ -51,7 +51,8 @@ def val_curve(job: Path) -> list[tuple[int, float]]:
 
 
 def table_rows(report: str) -> list[dict[str, str]]:
-    lines = [ln for ln in report.splitlines() if ln.startswith("|")]
+    table = report[report.index("\n|"):].split("\n\n", 1)[0]  # the first table: one row per arm
+    lines = [ln for ln in table.splitlines() if ln.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
 

@@ -66,7 +66,8 @@ def test_resume_continues_from_the_checkpoint(trained, tmp_path):
     run_dir, _ = trained
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     before = ckpt.read_bytes()
-    run("train.py", *FAST, "trainer.max_steps=9", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'r'}",
+    run("train.py", *FAST, "trainer.max_steps=9", "module.extend=true", f"ckpt_path={ckpt}",
+        f"hydra.run.dir={tmp_path / 'r'}",
         f"paths.cache_dir={run_dir.parent / 'cache'}")
     state = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert state["global_step"] == 9
@@ -79,11 +80,26 @@ def test_generate_and_evaluate_from_the_checkpoint(trained, tmp_path):
     gen = run("generate.py", f"ckpt_path={ckpt}", "prompt=JULIET:", "max_new_tokens=5",
               "temperature=0", f"hydra.run.dir={tmp_path / 'g'}")
     assert "JULIET:" in gen.stdout and (tmp_path / "g" / "samples.txt").exists()
-    ev = run("evaluate.py", f"ckpt_path={ckpt}", "data.val_windows=4",
+    ev = run("evaluate.py", f"ckpt_path={ckpt}", "data.val_windows=4", "extrapolate=[1,2]",
              f"paths.cache_dir={run_dir.parent / 'cache'}", f"hydra.run.dir={tmp_path / 'e'}")
     result = json.loads((tmp_path / "e" / "eval.json").read_text())
-    assert result["val_windows"] == 4 and result["val_loss"] > 0
-    assert f"validation loss {result['val_loss']:.4f}" in ev.stdout
+    assert result["split"] == "test" and result["windows"] == 4 and result["loss"] > 0
+    assert f"test loss {result['loss']:.4f}" in ev.stdout
+    # the default model has a learned position table: twice its context is n/a
+    assert [r["loss"] is None for r in result["extrapolation"]] == [False, True]
+    assert "    32       2        0        n/a        n/a" in ev.stdout
+
+    # your own text file: all of it is scored, not its last 10%
+    text = tmp_path / "mine.txt"
+    text.write_text("".join(f"Line {i} of a small corpus of my own.\n" for i in range(200)))
+    run("evaluate.py", f"ckpt_path={ckpt}", "data=text", f"data.path={text}",
+        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'f'}")
+    result = json.loads((tmp_path / "f" / "eval.json").read_text())
+    from lmlab.data.tokenizer import get_tokenizer
+
+    n_tokens = len(get_tokenizer("gpt2").encode_ordinary(text.read_text())) + 1  # + end of text
+    assert result["split"] == "all" and result["tokens"] == n_tokens
+    assert result["windows"] == (n_tokens - 16 - 1) // 16 + 1  # every window of 16 targets
 
 
 def test_unknown_model_names_the_valid_options(tmp_path):
@@ -120,15 +136,25 @@ def test_train_on_your_own_text_file(tmp_path):
     assert metrics["val_loss"] < 10.8
 
 
-def test_ddp_two_processes_on_cpu(tmp_path):
-    """Real multi-process DDP over gloo: two ranks, gradients averaged between them."""
-    run("train.py", *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        f"hydra.run.dir={tmp_path / 'r'}", f"paths.cache_dir={tmp_path / 'cache'}", timeout=400)
-    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["steps"] == 6
-    # the ranks trained on different windows, yet their weights are identical: gradients were
-    # averaged across processes
-    a, b = metrics["param_checksums"]
-    assert a == b
-    state = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
-    assert state["global_step"] == 6
+# DDP: tests/test_ddp.py
+
+
+def test_rescore_a_finished_sweep_at_several_lengths(trained, tmp_path):
+    """python -m lmlab.rescore: the best checkpoint of each completed job, every window of the
+    test play at each length, stored in the job's metrics.json for the report."""
+    import shutil
+
+    run_dir, _ = trained
+    sweep = tmp_path / "sweep"
+    shutil.copytree(run_dir, sweep / "0")
+    proc = subprocess.run([sys.executable, "-m", "lmlab.rescore", str(sweep), "--extrapolate", "1,2",
+                           "--cache-dir", str(run_dir.parent / "cache")], cwd=ROOT, text=True,
+                          capture_output=True, timeout=240,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ex = json.loads((sweep / "0" / "metrics.json").read_text())["extrapolation"]
+    assert ex["split"] == "test" and ex["context_length"] == 16
+    one, two = ex["extrapolation"]
+    assert one["length"] == 16 and one["loss"] > 0 and one["windows"] == (30361 - 17) // 16 + 1
+    assert two["length"] == 32 and two["loss"] is None  # the learned table has 16 rows
+    assert "job 0: test loss" in proc.stdout

@@ -41,7 +41,7 @@ def train_step(model: Transformer):
     idx = torch.randint(0, model.cfg["vocab_size"], (2, model.context_length + 1),
                         generator=torch.Generator().manual_seed(0))
     ce, out = model.loss(idx[:, :-1], idx[:, 1:])
-    loss = ce + sum(out.losses.values())
+    loss = ce + sum(out.aux_losses.values())
     loss.backward()
     return loss
 
@@ -106,22 +106,22 @@ def test_post_norm_blocks_end_normalised_and_differ_from_pre_norm():
     assert isinstance(post.norm, torch.nn.Identity)
     x = torch.randn(2, 8, 32)
     pos = torch.arange(8)
-    y, _, _ = post.blocks[0](x, post.position, pos)
+    y = post.blocks[0](x, post.position, pos)
     torch.testing.assert_close(y.mean(-1), torch.zeros(2, 8), atol=1e-5, rtol=0)  # LayerNorm, w=1 b=0
     torch.testing.assert_close(y.std(-1, unbiased=False), torch.ones(2, 8), atol=1e-3, rtol=0)
-    y_pre, _, _ = pre.blocks[0](x, pre.position, pos)
+    y_pre = pre.blocks[0](x, pre.position, pos)
     assert not torch.allclose(y, y_pre)
 
 
 BAD = [
-    (["model=llama", "model.attention.n_kv_heads=3"], "model.n_heads=4 is not divisible by attention.n_kv_heads=3"),
+    (["model=llama", "model.attention.n_kv_heads=3"], "model.n_heads=4 is not divisible by model.attention.n_kv_heads=3"),
     (["model.d_model=30"], "model.d_model=30 is not divisible by model.n_heads=4"),
     (["model/position=rope", "model.d_model=20"], "position=rope needs an even head size, got head_dim=5"),
     (["model.position.max_positions=8"], "position.max_positions=8 is shorter than model.context_length=16"),
     (["model.norm_placement=middle"], "model.norm_placement: unknown 'middle'; valid choices: pre, post"),
     (["model.attention.window=0"], "attention.window must be null or a positive integer, got 0"),
     (["model.attention.kernel=flash"], "attention.kernel: unknown 'flash'; valid choices: sdpa, manual"),
-    (["model/position=rope", "model.position.scaling=xpos"], "rope.scaling: unknown 'xpos'"),
+    (["model/position=rope", "model.position.scaling=xpos"], "model.position.scaling: unknown 'xpos'; valid choices: null, linear, ntk, yarn"),
     (["model/ffn=dense", "model.ffn.activation=tanh"], "ffn.activation: unknown 'tanh'"),
 ]
 
@@ -154,5 +154,16 @@ def test_train_cli_reports_a_bad_combination_in_one_line(tmp_path):
     )
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [l for l in r.stderr.splitlines() if "lmlab: error" in l]
-    assert lines == ["lmlab: error: model.n_heads=4 is not divisible by attention.n_kv_heads=3"], r.stderr[-2000:]
+    assert lines == ["lmlab: error: model.n_heads=4 is not divisible by model.attention.n_kv_heads=3"], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+def test_position_interface_is_not_a_choice_and_nope_is_no_position():
+    from lmlab.model.position import NoPosition, Position
+
+    with pytest.raises(TypeError, match="NoPosition"):
+        Position()
+    model = Transformer(model_cfg(SMALL + ["model/position=none"]))
+    assert type(model.position) is NoPosition
+    x, pos = torch.randn(1, 3, 32), torch.arange(3)
+    assert model.position.embed(x, pos) is x and model.position.bias(pos, pos) is None

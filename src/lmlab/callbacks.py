@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
-LOAD_KEY = re.compile(r"^layer(\d+)/load$")
+from lmlab.model.transformer import Transformer
 
 
 class Diverged(RuntimeError):
@@ -50,7 +49,7 @@ class ThroughputMeter(L.Callback):
 
 class RoutingMonitor(L.Callback):
     """Makes MoE routing visible. Every ``every_n_steps`` training steps (and when training ends)
-    it reads the per-layer expert load fractions from the stats ``training_step`` returns and
+    it reads the expert load fractions of the latest batch from the model's MoE layers and
 
     - logs each layer's per-expert fraction (``routing/layer{i}/expert{e}``) and its max/mean
       load ratio (``routing/layer{i}/imbalance``, 1 when uniform) to every logger;
@@ -58,7 +57,7 @@ class RoutingMonitor(L.Callback):
       to W&B as the image ``routing/load`` when a WandbLogger is present.
 
     Router entropy, dropped-token fraction and the aux and z losses per layer are logged by
-    LanguageModule as ``routing/layer{i}/...``. With a dense model there are no load stats and
+    LanguageModule as ``routing/layer{i}/...``. With a dense model there are no MoE layers and
     this callback does nothing.
     """
 
@@ -68,16 +67,16 @@ class RoutingMonitor(L.Callback):
         self._last: tuple[int, torch.Tensor] | None = None  # (step, load) of the latest batch
 
     @staticmethod
-    def load_matrix(stats: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """(layers, experts) load fractions from the model's stats, or None for a dense model."""
-        rows = {int(m.group(1)): v for k, v in stats.items() if (m := LOAD_KEY.match(k))}
-        if not rows:
+    def load_matrix(model: Transformer) -> torch.Tensor | None:
+        """(layers, experts) load fractions of the model's latest forward pass, or None for a
+        dense model (or one not run yet)."""
+        layers = model.moe_layers()
+        if not layers or any(layer.routing is None for layer in layers):
             return None
-        return torch.stack([rows[i].detach().float().cpu() for i in sorted(rows)])
+        return torch.stack([layer.routing.load.float().cpu() for layer in layers])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        stats = outputs.get("stats") if isinstance(outputs, dict) else None
-        load = self.load_matrix(stats or {})
+        load = self.load_matrix(pl_module.model)
         if load is None:
             return
         step = trainer.global_step

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from lmlab.checkpoint import load_module
 from lmlab.config import conf_dir, register_resolvers
 from lmlab.console import quiet_third_party
 from lmlab.errors import UserError, exit_with
+from lmlab.evaluation import score, summary
 from lmlab.hardware import reuse_freed_memory
 from lmlab.overrides import check_argv
 from lmlab.sampling import sample_texts
@@ -82,19 +82,17 @@ def _generate(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 def _evaluate(cfg: DictConfig) -> float:
-    """Loss and perplexity of a checkpoint on the held-out split of ``data``."""
+    """Loss and perplexity of a checkpoint on held-out text (``split``), and optionally at other
+    context lengths (``extrapolate=[1,2,4,8]``); written to ``<run dir>/eval.json``."""
     quiet_third_party()
     try:
         module = load_module(cfg.ckpt_path, "cpu")
         cfg.model.context_length = module.model.context_length
         datamodule = build_datamodule(cfg)
-    except UserError as err:
+        result = score(module.model, datamodule, cfg.split, cfg.extrapolate, cfg.data.val_windows)
+    except (UserError, ValueError) as err:
         exit_with(err)
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
-    loss = trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/loss"]
-    result = {"ckpt_path": cfg.ckpt_path, "val_loss": loss, "val_ppl": math.exp(loss),
-              "val_windows": len(datamodule.val_dataloader().dataset)}
+    result = {"ckpt_path": cfg.ckpt_path, **result}
     Path(cfg.paths.output_dir, "eval.json").write_text(json.dumps(result, indent=2))
-    print(f"validation loss {loss:.4f}, perplexity {math.exp(loss):.2f} "
-          f"over {result['val_windows']} windows", flush=True)
-    return loss
+    print(summary(result), flush=True)
+    return result["loss"]

@@ -11,10 +11,12 @@ class UserError(Exception):
 
 
 def check_choice(key: str, value, choices: Iterable) -> None:
-    """Raise ``ValueError("<key>: unknown <value>; valid choices: a, b")`` unless value is one."""
+    """Raise ``ValueError("<key>: unknown <value>; valid choices: a, b")`` unless value is one.
+    None is shown as YAML's ``null``."""
     choices = tuple(choices)
     if value not in choices:
-        raise ValueError(f"{key}: unknown {value!r}; valid choices: {', '.join(map(str, choices))}")
+        valid = ", ".join("null" if c is None else str(c) for c in choices)
+        raise ValueError(f"{key}: unknown {value!r}; valid choices: {valid}")
 
 
 def exit_with(err: BaseException, prog: str = "lmlab") -> None:

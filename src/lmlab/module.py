@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from lmlab.model.moe import MoE
 from lmlab.model.transformer import Transformer
-
-
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """LR multiplier: linear warmup from 0 to 1 over ``warmup`` steps, then cosine to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+from lmlab.schedule import ANCHOR_KEY, Schedule, resume_anchor
 
 
 class LanguageModule(L.LightningModule):
@@ -35,13 +26,14 @@ class LanguageModule(L.LightningModule):
         max_steps: int = 1000,
         min_lr_ratio: float = 0.1,
         optimizer: dict | None = None,
+        extend: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()  # plain containers only, so load_from_checkpoint works
         self.model = Transformer(model)
         self.val_loss = MeanMetric()
         self._t0: float | None = None
-        self._moe_counts: dict[int, torch.Tensor] = {}  # layer -> expert token counts this step
+        self._anchor: tuple[int, float] | None = None  # set when a resumed run extends its length
 
     def forward(self, idx: torch.Tensor):
         return self.model(idx)
@@ -51,27 +43,22 @@ class LanguageModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         ce, out = self._step(batch)
-        loss = ce + sum(out.losses.values())
-        self.log("train/loss", ce, prog_bar=True)
-        for name, value in out.losses.items():
+        loss = ce + sum(out.aux_losses.values())
+        self.log("train/loss", ce, prog_bar=True, sync_dist=True)  # the mean over DDP ranks
+        for name, value in out.aux_losses.items():
             self.log(f"train/{name}", value)
-        if out.stats and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
-            self.log_dict({f"routing/{k}": v.float().mean() for k, v in out.stats.items()
-                           if v.numel() == 1})
-        for i, block in enumerate(self.model.blocks):  # for the MoE bias update after the step
-            if f"layer{i}/counts" in out.stats:
-                self._moe_counts[i] = self._moe_counts.get(i, 0) + out.stats[f"layer{i}/counts"]
-        return {"loss": loss, "stats": out.stats}  # stats reach callbacks (RoutingMonitor)
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            for i, layer in enumerate(self.model.moe_layers()):
+                self.log_dict({f"routing/layer{i}/{k}": v.float()
+                               for k, v in layer.routing.scalars().items()})
+        return loss
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
         # DeepSeek-V3 auxiliary-loss-free balancing: each MoE layer moves its selection bias by
-        # the token counts of the step just taken (summed over ranks so every replica agrees).
-        for i, counts in self._moe_counts.items():
-            ffn = self.model.blocks[i].ffn
-            if isinstance(ffn, MoE):
-                ffn.update_bias(self.trainer.strategy.reduce(counts, reduce_op="sum"))
-        self._moe_counts = {}
+        # its token counts of the step just taken, summed over ranks so every replica agrees.
+        for layer in self.model.moe_layers():
+            layer.update_bias(lambda counts: self.trainer.strategy.reduce(counts, reduce_op="sum"))
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._t0 is None:
@@ -96,6 +83,15 @@ class LanguageModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/ppl", torch.exp(loss), sync_dist=False)
 
+    def test_step(self, batch, batch_idx):
+        ce, _ = self._step(batch)
+        self.val_loss.update(ce, weight=batch.shape[0])
+
+    def on_test_epoch_end(self):
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("test/loss", loss, sync_dist=False)
+
     def configure_optimizers(self):
         """The optimizer of ``module/optimizer`` (a ``_target_`` in lmlab.optim; AdamW when
         none is given), linear warmup then cosine decay, stepped every optimizer step."""
@@ -105,7 +101,23 @@ class LanguageModule(L.LightningModule):
         spec = dict(hp.optimizer or {"_target_": "lmlab.optim.adamw"})
         opt = instantiate(spec, model=self.model, lr=hp.lr, weight_decay=hp.weight_decay,
                           betas=tuple(hp.betas))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
-        )
+        schedule = Schedule(hp.warmup_steps, hp.max_steps, hp.min_lr_ratio, self._anchor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """FSDP shards the gradients: its own clip_grad_norm_ computes the global norm."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if gradient_clip_val and isinstance(self.trainer.model, FullyShardedDataParallel):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resuming: the planned length must match unless ``extend`` (see lmlab.schedule)."""
+        self._anchor = resume_anchor(checkpoint, self.hparams)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._anchor is not None:
+            checkpoint[ANCHOR_KEY] = list(self._anchor)

@@ -24,7 +24,7 @@ def unknown_key_message(cfg: DictConfig, overrides: list[str]) -> str | None:
         key = m.group(1)
         parent_key, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-        if not isinstance(parent, DictConfig) or leaf in parent:
+        if not isinstance(parent, DictConfig) or leaf in parent.keys():  # keys(): `???` values too
             continue
         keys = sorted(str(k) for k in parent.keys())
         close = difflib.get_close_matches(leaf, keys, n=1)

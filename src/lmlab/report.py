@@ -2,9 +2,11 @@
 
 Reads each job directory of the sweep (``<job>/.hydra/overrides.yaml``, ``<job>/metrics.json``
 written by ``train.py``, ``<job>/csv/metrics.csv`` written by the CSV logger) and writes
-``report.md`` and ``val_loss.png`` into the sweep directory. Jobs that differ only in ``seed`` are
-one arm: their numbers are shown as mean ± std over the seeds. Works on a running sweep too: a job
-without a final ``metrics.json`` is shown as running, with the validation curve it has so far.
+``report.md``, ``val_loss.png`` and ``extrapolation.png`` into the sweep directory. Jobs that differ
+only in ``seed`` are one arm: their numbers are shown as mean ± std over the seeds, then compared
+with a baseline arm (``lmlab.comparison``: intervals, paired tests, verdicts). Works on a running
+sweep too: a job without a final ``metrics.json`` is shown as running, with the validation curve it
+has so far.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from pathlib import Path
 
 import yaml
 
+from lmlab.comparison import comparison_rows
+from lmlab.report_extrapolation import extrapolation_section
+from lmlab.report_plots import plot_val_loss
 from lmlab.run_record import RECORD_FILE, job_status, override_key, override_map, read_record, swept_keys
 
 SEED_KEYS = ("seed",)
@@ -150,38 +155,6 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(arms: list[Arm], path: Path) -> bool:
-    """Validation loss against step, one colour per arm, one line per seed; False if no data."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not any(j.curve for a in arms for j in a.jobs):
-        return False
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=80)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, arm in enumerate(arms):
-        labelled = False
-        for j in arm.jobs:
-            if not j.curve:
-                continue
-            steps, losses = zip(*j.curve)
-            style = "--" if j.status != "completed" else "-"
-            ax.plot(steps, losses, style, color=colors[i % len(colors)], marker=".",
-                    label=None if labelled else arm.label, alpha=0.9)
-            labelled = True
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation loss")
-    ax.set_title("validation loss per arm (dashed: running or failed)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
-
-
 def _shown(path: Path) -> str:
     """``path`` relative to the working directory when it is below it (shorter, and portable)."""
     try:
@@ -190,8 +163,11 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write ``report.md`` and ``val_loss.png`` for the sweep in ``sweep_dir``; return report.md."""
+def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
+                baseline: str | None = None) -> Path:
+    """Write ``report.md`` and its plots for the sweep in ``sweep_dir``; return report.md.
+    ``baseline``: the arm the others are compared with (its label, or a unique part of it);
+    default: the first arm."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"no such sweep directory: {sweep_dir}")
@@ -213,8 +189,11 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pat
         "validation during training; best: the best checkpoint's validation loss.\n",
         markdown_table(rows),
     ]
-    if plot_curves(arms, out / "val_loss.png"):
+    parts += comparison_section(arms, baseline)
+    if plot_val_loss(arms, out / "val_loss.png"):
         parts.append("![validation loss per arm](val_loss.png)\n")
+    parts += extrapolation_section(arms, out)
+
     def arm_of(j: Job) -> str:
         return " ".join(o for o in j.overrides if override_key(o) in varied)
 
@@ -237,14 +216,31 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     return path
 
 
+def comparison_section(arms: list[Arm], baseline: str | None) -> list[str]:
+    rows, title = comparison_rows(arms, baseline)
+    if not rows:
+        return []
+    where = ("the test split (checkpoint chosen on the validation windows)" if title == "test loss"
+             else "the last validation during training (no test split recorded)")
+    return ["## Comparison with the baseline\n",
+            f"Compared: {title}, from {where}. Intervals: 95% Student-t over seeds. Δ: arm minus "
+            "baseline, paired by seed over their common seeds; p: two-sided paired t-test, in "
+            "brackets Holm-corrected over the arms; verdict at corrected p < 0.05 (lower loss is "
+            "better). MDD: the smallest true difference the seeds detect with 80% power (paired "
+            "t-test at 0.05, noncentral t). Flagged arms (unfinished, time-limited, fewer steps or "
+            "tokens than the longest job) get no verdict.\n",
+            markdown_table(rows)]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m lmlab.report", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep_dir", help="a multirun directory, e.g. outputs/multirun/<date>/<time>")
     p.add_argument("--out", default=None, help="where to write report.md and plots (default: sweep_dir)")
+    p.add_argument("--baseline", default=None, help="the arm compared with (default: the first)")
     args = p.parse_args(argv)
     try:
-        path = make_report(args.sweep_dir, args.out)
-    except FileNotFoundError as err:
+        path = make_report(args.sweep_dir, args.out, args.baseline)
+    except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"lmlab.report: error: {err}")
     print(path.read_text())
     print(f"wrote {path}")

@@ -12,10 +12,15 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from lmlab.budget import match_params
 from lmlab.callbacks import Diverged, DivergenceGuard, ThroughputMeter
+from lmlab.config import conf_dir
 from lmlab.errors import UserError
+from lmlab.evaluation import score, summary
 from lmlab.loggers import WandbRuns, make_loggers
-from lmlab.model.moe import active_params
+from lmlab.multirun_ddp import needs_own_process, run_as_child
+from lmlab.resume import AtomicCheckpointIO, RNGState, StepBoundarySignals, requeued_checkpoint
+from lmlab.run_limits import stopped_by, sweep_time_limit, tokens_per_step
 from lmlab.run_record import hydra_job, record_failure, start_record, write_record
 from lmlab.sampling import sample_text
 
@@ -44,7 +49,7 @@ def build_module(cfg: DictConfig):
 
 def describe(module) -> str:
     m = module.model
-    active = active_params(m)
+    active = m.active_params()
     params = f"{m.num_params():,} parameters" + (
         f" ({active:,} active per token)" if active != m.num_params() else "")
     return f"model: {params}, {m.flops_per_token() / 1e6:,.1f} MFLOPs per token (training)"
@@ -55,6 +60,8 @@ def train(cfg: DictConfig) -> float | None:
     record and returns NaN so the other jobs go on (Hydra's sweepers would otherwise raise the
     first failure and stop); a single run raises."""
     try:
+        if needs_own_process(cfg):  # multirun + DDP: see lmlab.multirun_ddp
+            return run_as_child(cfg)
         metrics = run_training(cfg)
     except Exception as err:
         record = record_failure(_run_dir(cfg), err, cfg.get("seed"))
@@ -80,6 +87,15 @@ def run_training(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     job = hydra_job()
     record = start_record(out_dir, job, cfg.seed)
+    sweep_time_limit(cfg, job)
+    try:
+        budget = match_params(cfg, conf_dir())
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if budget:
+        record["budget"] = budget
+        log.info(f"budget: {budget['adjusted']} {budget['from']} -> {budget['to']}: "
+                 f"{budget['params']:,} {budget['count']} parameters (target {budget['target']:,})")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)  # checks data paths before the model is built
     module = build_module(cfg)
@@ -100,15 +116,20 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     """Fit, then validate the best checkpoint, sample from it and write the final record."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     meter = ThroughputMeter()
-    callbacks += [DivergenceGuard(), meter]
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    callbacks += [DivergenceGuard(), meter, RNGState(), StepBoundarySignals()]
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                      plugins=[AtomicCheckpointIO()])
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    ckpt_path = cfg.get("ckpt_path") or requeued_checkpoint(out_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     m = module.model
-    metrics = dict(record, status="completed", params=m.num_params(), active_params=active_params(m),
+    metrics = dict(record, status="completed", params=m.num_params(), active_params=m.active_params(),
                    flops_per_token=m.flops_per_token(), steps=trainer.global_step,
-                   world_size=trainer.world_size, train_time_s=time.perf_counter() - t0)
+                   world_size=trainer.world_size, train_time_s=time.perf_counter() - t0,
+                   stopped_by=stopped_by(trainer), max_time=cfg.trainer.get("max_time"))
+    metrics["tokens_per_step"] = tokens_per_step(cfg, trainer, m.context_length)
+    metrics["tokens"] = metrics["tokens_per_step"] * trainer.global_step
     if trainer.world_size > 1:  # identical on every rank when DDP kept the replicas in sync
         checksum = sum(p.detach().double().sum() for p in module.parameters())
         metrics["param_checksums"] = trainer.strategy.all_gather(checksum).tolist()
@@ -120,7 +141,14 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
         metrics.update(final_val_loss=float(last_val), final_val_ppl=math.exp(float(last_val)))
     if trainer.fast_dev_run:
         return metrics
+    if is_sharded(trainer):  # the module holds flat parameter shards now: it cannot reload the
+        # best checkpoint nor sample; a single process does both from checkpoints/*.ckpt
+        if trainer.is_global_zero:
+            write_record(out_dir, {**metrics, "checkpoint": trainer.checkpoint_callback.last_model_path,
+                                   "finished": time.time()})
+        return metrics
     metrics.update(validate_best(trainer, module, datamodule))
+    metrics.update(held_out(cfg, trainer, module, datamodule))
     if trainer.is_global_zero:
         s = cfg.sample
         if s and s.max_new_tokens:
@@ -133,6 +161,12 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
         metrics["finished"] = time.time()
         write_record(out_dir, metrics)
     return metrics
+
+
+def is_sharded(trainer: L.Trainer) -> bool:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)
 
 
 def validate_best(trainer: L.Trainer, module, datamodule) -> dict:
@@ -148,3 +182,22 @@ def validate_best(trainer: L.Trainer, module, datamodule) -> dict:
         log.info(f"final validation loss {val:.4f}, perplexity {math.exp(val):.2f} ({ckpt})")
     return {"val_loss": val, "val_ppl": math.exp(val), "checkpoint": ckpt,
             "best_val_loss": best, "best_val_ppl": math.exp(best)}
+
+
+def held_out(cfg: DictConfig, trainer: L.Trainer, module, datamodule) -> dict:
+    """The best checkpoint (chosen on validation) on the test split, and its length
+    extrapolation when ``extrapolate`` asks for it (on the test split, else validation)."""
+    out = {}
+    if datamodule.has_test_split:
+        ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+        test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
+                            weights_only=True)[0]["test/loss"]
+        out.update(test_loss=test, test_ppl=math.exp(test))
+    if trainer.is_global_zero and cfg.get("extrapolate"):
+        split = "test" if datamodule.has_test_split else "val"
+        # every window of the split at each length: the same text, with more or less context
+        result = score(module.model, datamodule, split, cfg.extrapolate, max_windows=None)
+        out["extrapolation"] = {k: result[k] for k in ("split", "context_length", "extrapolation")}
+        log.info(summary(result))
+    return out
+

@@ -1,6 +1,7 @@
 """Token files and the LightningDataModule that serves windows of them.
 
-Documents are split into train and validation by whole document (whole plays for Shakespeare),
+Documents are split into train, validation and (optionally) test by whole document (whole plays
+for Shakespeare; the best checkpoint is chosen on validation, arms are compared on test),
 tokenized once and cached as ``uint16``/``uint32`` memory-mapped files. The cache key hashes the
 tokenizer name and the text of each split, so a change of tokenizer or corpus re-tokenizes.
 """
@@ -19,29 +20,34 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmlab.data.corpus import check_text_files, shakespeare_plays, text_files
 from lmlab.data.tokenizer import get_tokenizer
+from lmlab.data.window_stream import ResumableLoader, WindowBatches
+from lmlab.errors import check_choice
 
 
 def split_documents(
-    docs: dict[str, str], val_docs: list[str] | None, val_fraction: float
-) -> tuple[list[str], list[str]]:
-    """Return (train_texts, val_texts). ``val_docs`` names held-out documents; otherwise, the
-    last ``val_fraction`` of the text (of a single document) or of the documents is held out."""
+    docs: dict[str, str], val_docs: list[str] | None, val_fraction: float,
+    test_docs: list[str] | None = None,
+) -> dict[str, list[str]]:
+    """Texts of the ``train``, ``val`` and ``test`` splits. ``val_docs`` and ``test_docs`` name
+    held-out documents; without ``val_docs``, the last ``val_fraction`` of the text (of a single
+    document) or of the documents is held out for validation. ``test`` is empty without
+    ``test_docs``."""
+    for key, names in (("val_docs", val_docs), ("test_docs", test_docs)):
+        for name in names or []:
+            check_choice(f"data.{key}", name, list(docs))
+    test = [docs[n] for n in test_docs or []]
+    docs = {n: t for n, t in docs.items() if n not in (test_docs or [])}
     if val_docs:
-        unknown = [d for d in val_docs if d not in docs]
-        if unknown:
-            raise ValueError(
-                f"data.val_docs: unknown document(s) {unknown}; valid choices: {', '.join(docs)}"
-            )
         train = [t for n, t in docs.items() if n not in val_docs]
-        val = [docs[n] for n in val_docs]
-        return train, val
+        return {"train": train, "val": [docs[n] for n in val_docs], "test": test}
     if len(docs) == 1:
         (text,) = docs.values()
         cut = int(len(text) * (1 - val_fraction))
-        return [text[:cut]], [text[cut:]]
+        return {"train": [text[:cut]], "val": [text[cut:]], "test": test}
     names = list(docs)
     n_val = max(1, round(len(names) * val_fraction))
-    return [docs[n] for n in names[:-n_val]], [docs[n] for n in names[-n_val:]]
+    return {"train": [docs[n] for n in names[:-n_val]], "val": [docs[n] for n in names[-n_val:]],
+            "test": test}
 
 
 def tokenize_to_file(texts: list[str], tokenizer_name: str, cache_dir: Path) -> Path:
@@ -71,27 +77,6 @@ def tokenize_to_file(texts: list[str], tokenizer_name: str, cache_dir: Path) -> 
 def load_tokens(path: Path) -> np.memmap:
     meta = json.loads(path.with_suffix(".json").read_text())
     return np.memmap(path, dtype=meta["dtype"], mode="r")
-
-
-class RandomWindows(Dataset):
-    """``num_samples`` windows at random offsets. Sample ``i`` depends only on (seed, i), so every
-    run with the same seed sees the same data in the same order, whatever its model."""
-
-    def __init__(self, tokens: np.ndarray, context_length: int, num_samples: int, seed: int):
-        if len(tokens) <= context_length + 1:
-            raise ValueError(
-                f"the training split has {len(tokens)} tokens, fewer than a window of "
-                f"context_length + 1 = {context_length + 1}"
-            )
-        self.tokens, self.T, self.n, self.seed = tokens, context_length, num_samples, seed
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        g = np.random.default_rng([self.seed, i])
-        start = int(g.integers(0, len(self.tokens) - self.T - 1))
-        return torch.from_numpy(self.tokens[start : start + self.T + 1].astype(np.int64))
 
 
 class FixedWindows(Dataset):
@@ -125,48 +110,101 @@ class TokenDataModule(L.LightningDataModule):
         source: str = "shakespeare",
         path: str | list[str] | None = None,
         val_docs: list[str] | None = None,
+        test_docs: list[str] | None = None,
         val_fraction: float = 0.1,
         tokenizer: str = "gpt2",
         context_length: int = 256,
         batch_size: int = 16,
-        train_samples: int = 100_000,
+        train_samples: int | None = None,
         val_windows: int | None = 64,
+        test_windows: int | None = None,
         seed: int = 0,
         cache_dir: str = "outputs/cache",
         num_workers: int = 0,
     ):
         super().__init__()
-        if source not in ("shakespeare", "text"):
-            raise ValueError(f"data.source: unknown {source!r}; valid choices: shakespeare, text")
+        check_choice("data.source", source, ("shakespeare", "text"))
         paths = [path] if isinstance(path, str) else list(path or [])
         if source == "text":
             check_text_files(paths)  # fail before any model is built
         self.source, self.paths = source, paths
         self.val_docs = list(val_docs) if val_docs else None
+        self.test_docs = list(test_docs) if test_docs else None
         self.val_fraction, self.tokenizer_name = val_fraction, tokenizer
         self.context_length, self.batch_size = context_length, batch_size
         self.train_samples, self.val_windows = train_samples, val_windows
+        self.test_windows = test_windows
         self.seed, self.cache_dir, self.num_workers = seed, Path(cache_dir), num_workers
         self.token_files: dict[str, Path] = {}
+        self._batches_done = 0  # restored from a checkpoint by load_state_dict
 
     def documents(self) -> dict[str, str]:
         return shakespeare_plays() if self.source == "shakespeare" else text_files(self.paths)
 
     def prepare_data(self) -> None:
-        train, val = split_documents(self.documents(), self.val_docs, self.val_fraction)
-        for split, texts in (("train", train), ("val", val)):
-            self.token_files[split] = tokenize_to_file(texts, self.tokenizer_name, self.cache_dir)
+        splits = split_documents(self.documents(), self.val_docs, self.val_fraction, self.test_docs)
+        for split, texts in splits.items():
+            if texts:
+                self.token_files[split] = tokenize_to_file(texts, self.tokenizer_name, self.cache_dir)
+
+    @property
+    def has_test_split(self) -> bool:
+        return bool(self.test_docs)
+
+    def split_tokens(self, split: str) -> np.memmap:
+        """The tokens of ``train``, ``val``, ``test`` or ``all`` (every document, e.g. the whole of
+        ``data.path`` for evaluation), tokenized once and cached like the others."""
+        if split == "all":
+            texts = list(self.documents().values())
+            return load_tokens(tokenize_to_file(texts, self.tokenizer_name, self.cache_dir))
+        check_choice("split", split, ("train", "val", "test", "all"))
+        if not self.token_files:
+            self.prepare_data()
+        if split not in self.token_files:
+            raise ValueError("split: test needs held-out test documents (data.test_docs)")
+        return load_tokens(self.token_files[split])
 
     def setup(self, stage: str | None = None) -> None:
         if not self.token_files:  # other DDP ranks: the files exist, this only finds them
             self.prepare_data()
         self.train_tokens = load_tokens(self.token_files["train"])
         self.val_tokens = load_tokens(self.token_files["val"])
+        self.test_tokens = load_tokens(self.token_files["test"]) if self.has_test_split else None
 
     def train_dataloader(self) -> DataLoader:
-        ds = RandomWindows(self.train_tokens, self.context_length, self.train_samples, self.seed)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        """This rank's share of the planned windows, from where a resumed checkpoint stopped."""
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        per_step = self.batch_size * world
+        samples = self.train_samples or self._planned_samples(per_step)
+        n_batches = samples // per_step
+        if n_batches < 1:
+            raise ValueError(f"data.train_samples: {samples} is fewer than one global batch of "
+                             f"{per_step} windows")
+        ds = WindowBatches(self.train_tokens, self.context_length, self.batch_size, n_batches,
+                           self.seed, rank, world, start=self._batches_done % n_batches)
+        return ResumableLoader(ds, num_workers=self.num_workers)
+
+    def _planned_samples(self, per_step: int) -> int:
+        if not self.trainer or self.trainer.max_steps < 0:
+            raise ValueError("data.train_samples: set it, or set trainer.max_steps to plan it")
+        return self.trainer.max_steps * self.trainer.accumulate_grad_batches * per_step
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: how many training batches this rank has consumed."""
+        trainer = self.trainer
+        return {"train_batches": trainer.global_step * trainer.accumulate_grad_batches} if trainer else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._batches_done = int(state.get("train_batches", 0))
 
     def val_dataloader(self) -> DataLoader:
         ds = FixedWindows(self.val_tokens, self.context_length, self.val_windows)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        """The test split's windows (all of them unless ``test_windows``): the figures arms are
+        compared on, scored once per run, so as precise as the split allows."""
+        if self.test_tokens is None:
+            raise ValueError("data.test_docs: no test split configured")
+        ds = FixedWindows(self.test_tokens, self.context_length, self.test_windows)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)

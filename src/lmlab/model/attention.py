@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.errors import check_choice
 from lmlab.model.kv_cache import append_kv
 from lmlab.model.norm import RMSNorm
 from lmlab.model.position import Position
@@ -39,17 +40,14 @@ class Attention(nn.Module):
         window: int | None = None,
     ):
         super().__init__()
-        n_kv_heads = n_kv_heads or n_heads
-        if d_model % n_heads:
-            raise ValueError(f"model.d_model={d_model} is not divisible by model.n_heads={n_heads}")
+        n_kv_heads = n_kv_heads or n_heads  # d_model % n_heads is checked by the Transformer
         if n_kv_heads < 1 or n_heads % n_kv_heads:
             raise ValueError(
-                f"model.n_heads={n_heads} is not divisible by attention.n_kv_heads={n_kv_heads}"
+                f"model.n_heads={n_heads} is not divisible by model.attention.n_kv_heads={n_kv_heads}"
             )
-        if kernel not in KERNELS:
-            raise ValueError(f"attention.kernel: unknown {kernel!r}; valid choices: {', '.join(KERNELS)}")
+        check_choice("model.attention.kernel", kernel, KERNELS)
         if window is not None and (not isinstance(window, int) or window < 1):
-            raise ValueError(f"attention.window must be null or a positive integer, got {window!r}")
+            raise ValueError(f"model.attention.window must be null or a positive integer, got {window!r}")
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
         self.kernel, self.dropout, self.window = kernel, dropout, window
         self.q_norm = RMSNorm(self.head_dim, eps=qk_norm_eps) if qk_norm else None

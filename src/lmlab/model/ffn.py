@@ -1,7 +1,7 @@
 """Position-wise feed-forward layers.
 
-Every FFN returns ``(y, losses, stats)``: its output, a dict of named, already-weighted auxiliary
-losses, and a dict of detached statistics to log. Dense FFNs return two empty dicts.
+Every FFN maps x (..., C) to y (..., C). The mixture of experts (moe.py) keeps its balancing
+losses and routing statistics on itself, so dense FFNs need not know about them.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lmlab.errors import check_choice
 
 
 class DenseFFN(nn.Module):
@@ -25,8 +27,7 @@ class DenseFFN(nn.Module):
     ):
         super().__init__()
         acts = {"gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"), "relu": nn.ReLU()}
-        if activation not in acts:
-            raise ValueError(f"ffn.activation: unknown {activation!r}; valid choices: {', '.join(acts)}")
+        check_choice("model.ffn.activation", activation, acts)
         hidden = hidden_dim or int(hidden_mult * d_model)
         self.fc = nn.Linear(d_model, hidden, bias=bias)
         self.act, self.act_name = acts[activation], activation
@@ -35,7 +36,7 @@ class DenseFFN(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor):
-        return self.drop(self.proj(self.act(self.fc(x)))), {}, {}
+        return self.drop(self.proj(self.act(self.fc(x))))
 
 
 def swiglu_hidden(d_model: int, multiple_of: int = 64) -> int:
@@ -64,4 +65,4 @@ class SwiGLU(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor):
-        return self.drop(self.down(F.silu(self.gate(x)) * self.up(x))), {}, {}
+        return self.drop(self.down(F.silu(self.gate(x)) * self.up(x)))

@@ -15,21 +15,43 @@ Balancing, each switched on by its coefficient:
 - ``z_loss_coef``: ST-MoE router z-loss, the mean squared log-sum-exp of the router logits.
 - ``bias_update_rate``: DeepSeek-V3 auxiliary-loss-free balancing. A per-expert bias, added to the
   scores for *selection only* (never to the combine weights), is moved by ``rate * sign(mean - count)``
-  after every optimizer step; LanguageModule calls :meth:`MoE.update_bias` with the step's counts.
+  after every optimizer step. The layer sums the token counts of its training forward passes in
+  ``tokens_per_expert`` (all micro-batches of a step); LanguageModule calls :meth:`MoE.update_bias`
+  after the optimizer step, which uses and resets them.
+
+After each forward pass the layer holds its weighted losses in ``aux_losses`` (``moe_aux``,
+``moe_z``; the Transformer sums them over layers) and detached statistics in ``routing``
+(:class:`RoutingStats`), read by LanguageModule and the RoutingMonitor callback.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lmlab.errors import check_choice
 from lmlab.model.ffn import DenseFFN, SwiGLU, swiglu_hidden
 
 EXPERTS = ("gelu", "swiglu")
 SCORES = ("softmax", "sigmoid")
+
+
+@dataclass
+class RoutingStats:
+    """Detached routing statistics of a layer's latest forward pass."""
+
+    load: torch.Tensor  # (E,) fraction of the token assignments per expert, sums to 1
+    entropy: torch.Tensor  # () mean router entropy per token
+    dropped: torch.Tensor  # () fraction of assignments dropped by the capacity limit
+    aux: torch.Tensor  # () unweighted load-balancing loss, 1 for a uniform router
+    z: torch.Tensor  # () unweighted router z-loss
+
+    def scalars(self) -> dict[str, torch.Tensor]:
+        return {"entropy": self.entropy, "dropped": self.dropped, "aux": self.aux, "z": self.z}
 
 
 class MoE(nn.Module):
@@ -51,14 +73,16 @@ class MoE(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if expert not in EXPERTS:
-            raise ValueError(f"ffn.expert: unknown {expert!r}; valid choices: {', '.join(EXPERTS)}")
-        if score not in SCORES:
-            raise ValueError(f"ffn.score: unknown {score!r}; valid choices: {', '.join(SCORES)}")
+        check_choice("model.ffn.expert", expert, EXPERTS)
+        check_choice("model.ffn.score", score, SCORES)
         if not 1 <= top_k <= n_experts:
-            raise ValueError(f"ffn.top_k: {top_k} must be between 1 and n_experts={n_experts}")
+            raise ValueError(
+                f"model.ffn.top_k: {top_k} must be between 1 and model.ffn.n_experts={n_experts}"
+            )
         if capacity_factor is not None and capacity_factor <= 0:
-            raise ValueError(f"ffn.capacity_factor: {capacity_factor} must be positive or null (dropless)")
+            raise ValueError(
+                f"model.ffn.capacity_factor: {capacity_factor} must be positive or null (dropless)"
+            )
         self.n_experts, self.top_k = n_experts, top_k
         self.score, self.renormalize = score, renormalize
         self.capacity_factor = capacity_factor
@@ -80,6 +104,12 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList(make(hidden_dim) for _ in range(n_experts))
         # n_shared always-on experts are one FFN n_shared times as wide (the same function).
         self.shared = make(n_shared * hidden_dim) if n_shared > 0 else None
+
+        # State of the latest forward pass, and the token counts of the step so far. Plain
+        # attributes, not buffers: they are per rank (DDP broadcasts buffers) and not checkpointed.
+        self.aux_losses: dict[str, torch.Tensor] = {}  # weighted, named
+        self.routing: RoutingStats | None = None
+        self.tokens_per_expert: torch.Tensor | None = None  # (E,) summed over the step's batches
 
     # ---- routing -------------------------------------------------------------------------
     def route(self, x: torch.Tensor):
@@ -104,7 +134,8 @@ class MoE(nn.Module):
         return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts)
 
     # ---- forward -------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., C) -> y (..., C); keeps the losses, statistics and counts described above."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (N, C)
         N, E, k = x.shape[0], self.n_experts, self.top_k
@@ -130,51 +161,51 @@ class MoE(nn.Module):
         tok = token[order]
         xs = x[tok]  # (M, C), M = kept assignments
         sizes = kept_counts.tolist()
-        ys = [self.experts[e](part)[0] for e, part in enumerate(xs.split(sizes)) if sizes[e] > 0]
-        y = torch.cat(ys) if ys else xs.new_zeros(0, shape[-1])
+        # every expert runs, on an empty slice too: its parameters join the graph with zero
+        # gradients, so DDP (static graph, no unused-parameter search) works when a rank idles one
+        y = torch.cat([self.experts[e](part) for e, part in enumerate(xs.split(sizes))])
         out = torch.zeros_like(x).index_add_(0, tok, y * weight[order, None])
         if self.shared is not None:
-            out = out + self.shared(x)[0]
+            out = out + self.shared(x)
 
-        # Balancing losses (weighted) and detached statistics.
-        f = counts.float() / (N * k)  # fraction of assignments per expert, sums to 1
+        self._record(logits, probs, counts, kept_counts)
+        return out.reshape(shape)
+
+    def _record(self, logits, probs, counts, kept_counts) -> None:
+        """Keep this pass's weighted losses and detached statistics; in training, add its counts
+        to the step's. logits, probs (N, E); counts, kept_counts (E,)."""
+        N, E = logits.shape
+        f = counts.float() / (N * self.top_k)  # fraction of assignments per expert, sums to 1
         aux = E * (f * probs.mean(0)).sum()
         z = torch.logsumexp(logits, -1).square().mean()
-        losses = {}
+        self.aux_losses = {}
         if self.aux_loss_coef:
-            losses["moe_aux"] = self.aux_loss_coef * aux
+            self.aux_losses["moe_aux"] = self.aux_loss_coef * aux
         if self.z_loss_coef:
-            losses["moe_z"] = self.z_loss_coef * z
+            self.aux_losses["moe_z"] = self.z_loss_coef * z
         entropy = -(probs * probs.clamp_min(1e-9).log()).sum(-1).mean()
-        stats = {
-            "load": f.detach(),  # (E,)
-            "counts": counts.detach(),  # (E,) token assignments, for update_bias
-            "entropy": entropy.detach(),
-            "dropped": (1 - kept_counts.sum() / (N * k)).detach().float(),
-            "aux": aux.detach(),
-            "z": z.detach(),
-        }
-        return out.reshape(shape), losses, stats
+        dropped = 1 - kept_counts.sum() / (N * self.top_k)
+        self.routing = RoutingStats(load=f.detach(), entropy=entropy.detach(),
+                                    dropped=dropped.detach().float(), aux=aux.detach(), z=z.detach())
+        if self.training:
+            step = self.tokens_per_expert
+            self.tokens_per_expert = counts.detach() if step is None else step + counts.detach()
 
     # ---- DeepSeek-V3 auxiliary-loss-free balancing ---------------------------------------
     @torch.no_grad()
-    def update_bias(self, counts: torch.Tensor) -> None:
-        """Raise the selection bias of under-loaded experts and lower it for over-loaded ones by
-        ``bias_update_rate`` (DeepSeek-V3, section 2.1.2). A no-op when the rate is 0."""
-        if self.bias_update_rate:
-            counts = counts.float()
-            self.expert_bias += self.bias_update_rate * torch.sign(counts.mean() - counts)
+    def update_bias(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Call after each optimizer step. Raises the selection bias of under-loaded experts and
+        lowers it for over-loaded ones by ``bias_update_rate`` (DeepSeek-V3, section 2.1.2), from
+        the token counts of the step, summed over ranks by ``reduce`` (for example Lightning's
+        ``strategy.reduce(counts, reduce_op="sum")``; every rank must call it). The counts are
+        then reset. Only resets them when the rate is 0."""
+        counts, self.tokens_per_expert = self.tokens_per_expert, None
+        if not self.bias_update_rate or counts is None:
+            return
+        counts = (reduce(counts) if reduce is not None else counts).float()
+        self.expert_bias += self.bias_update_rate * torch.sign(counts.mean() - counts)
 
-
-def moe_layers(model: nn.Module) -> dict[str, MoE]:
-    """The model's MoE layers by module name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, MoE)}
-
-
-def active_params(model: nn.Module) -> int:
-    """Parameters used for one token: all of them, less the routed experts it is not sent to."""
-    total = sum(p.numel() for p in model.parameters())
-    for layer in moe_layers(model).values():
-        per_expert = sum(p.numel() for p in layer.experts[0].parameters())
-        total -= (layer.n_experts - layer.top_k) * per_expert
-    return total
+    def inactive_params(self) -> int:
+        """Parameters a token does not use: the routed experts it is not sent to."""
+        per_expert = sum(p.numel() for p in self.experts[0].parameters())
+        return (self.n_experts - self.top_k) * per_expert

@@ -1,11 +1,13 @@
 """Position encodings behind one small interface.
 
-Every kind implements three hooks and is a no-op where a hook does not apply, so the attention
-layer never asks which kind it has:
+Every kind implements the hooks of :class:`Position` and is a no-op where a hook does not apply,
+so neither the attention layer nor the transformer ever asks which kind it has:
 
 - ``embed(x, pos)``: add to the token embeddings ``x`` (B, T, C) (learned, sinusoidal);
 - ``rotate(q, k, q_pos, k_pos)``: rotate queries (B, nh, Tq, hs) and keys (B, nkv, Tk, hs) (RoPE);
-- ``bias(q_pos, k_pos)``: a (nh, Tq, Tk) additive bias on the attention scores, or None (ALiBi).
+- ``bias(q_pos, k_pos)``: a (nh, Tq, Tk) additive bias on the attention scores, or None (ALiBi);
+- ``check_positions(end)``: refuse, before any compute, positions up to ``end`` that the kind
+  cannot encode (learned).
 
 ``pos`` tensors hold absolute positions, so that decoding with a KV cache continues where the
 prompt stopped.
@@ -18,12 +20,19 @@ import math
 import torch
 from torch import nn
 
+from lmlab.errors import check_choice
+
 
 class Position(nn.Module):
-    """NoPE: no position information at all (causal masking alone leaks some)."""
+    """The interface, with every hook a no-op. Not a choice itself: NoPE is :class:`NoPosition`."""
 
-    def __init__(self, **dims):
+    def __init__(self):
+        if type(self) is Position:
+            raise TypeError("Position is the interface of the position kinds; NoPE is NoPosition")
         super().__init__()
+
+    def check_positions(self, end: int) -> None:
+        """Raise ValueError if positions 0 .. end-1 cannot all be encoded."""
 
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return x
@@ -35,6 +44,12 @@ class Position(nn.Module):
         return None
 
 
+class NoPosition(Position):
+    """NoPE: no position information at all (causal masking alone leaks some)."""
+
+    def __init__(self, **dims):
+        super().__init__()
+
 
 class Learned(Position):
     """GPT-2's learned absolute position table: ``max_positions`` rows (default: context_length).
@@ -45,18 +60,21 @@ class Learned(Position):
         rows = max_positions or context_length
         if rows < context_length:
             raise ValueError(
-                f"position.max_positions={rows} is shorter than model.context_length="
+                f"model.position.max_positions={rows} is shorter than model.context_length="
                 f"{context_length}; a learned table needs a row per position"
             )
-        self.context_length = rows
         self.table = nn.Embedding(rows, d_model)
 
-    def embed(self, x, pos):
-        if int(pos[-1]) >= self.context_length:
+    def check_positions(self, end: int) -> None:
+        rows = self.table.num_embeddings
+        if end > rows:
             raise ValueError(
-                f"position {int(pos[-1])} is past the learned table of context_length="
-                f"{self.context_length} rows"
+                f"{end} positions are more than the learned position table's {rows} rows "
+                f"(model.position.max_positions, default model.context_length); crop the input "
+                f"or use a relative position kind"
             )
+
+    def embed(self, x, pos):
         return x + self.table(pos)  # (B, T, C) + (T, C)
 
 
@@ -104,10 +122,10 @@ class RoPE(Position):
         super().__init__()
         if head_dim % 2:
             raise ValueError(
-                f"position=rope needs an even head size, got head_dim={head_dim} (model.d_model / model.n_heads)"
+                f"model/position=rope needs an even head size, got head_dim={head_dim} "
+                f"(model.d_model / model.n_heads)"
             )
-        if scaling not in self.SCALINGS:
-            raise ValueError(f"rope.scaling: unknown {scaling!r}; valid choices: null, linear, ntk, yarn")
+        check_choice("model.position.scaling", scaling, self.SCALINGS)
         self.scaling, self.base = scaling, base
         if scaling == "ntk":
             base = base * factor ** (head_dim / (head_dim - 2))
@@ -118,7 +136,7 @@ class RoPE(Position):
             # turns of each frequency over the original context, r = L / wavelength
             L = original_context or (context_length / factor if context_length else None)
             if not L:
-                raise ValueError("rope.scaling=yarn needs position.original_context")
+                raise ValueError("model.position.scaling=yarn needs model.position.original_context")
             turns = L * inv_freq / (2 * math.pi)
             keep = ((turns - beta_slow) / (beta_fast - beta_slow)).clamp(0, 1)  # 1: extrapolate
             inv_freq = keep * inv_freq + (1 - keep) * inv_freq / factor

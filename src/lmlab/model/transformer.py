@@ -15,14 +15,16 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
+from lmlab.errors import check_choice
+from lmlab.model.moe import MoE
 
 
 @dataclass
 class ModelOutput:
     logits: torch.Tensor | None  # (B, T, vocab); None from Transformer.features
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # named, weighted aux losses
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, per layer
-    features: torch.Tensor | None = None  # (B, T, C), the final hidden states
+    # named, weighted auxiliary losses (MoE balancing), each summed over layers
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    features: torch.Tensor | None = None  # (B, T, C), the final hidden states the head reads
 
 
 def build(spec: dict, **dims):
@@ -59,11 +61,9 @@ class Block(nn.Module):
     def forward(self, x, position, pos, cache=None):
         if self.post_norm:
             x = self.norm1(x + self.attn(x, position, pos, cache))
-            h, losses, stats = self.ffn(x)
-            return self.norm2(x + h), losses, stats
+            return self.norm2(x + self.ffn(x))
         x = x + self.attn(self.norm1(x), position, pos, cache)
-        h, losses, stats = self.ffn(self.norm2(x))
-        return x + h, losses, stats
+        return x + self.ffn(self.norm2(x))
 
 
 class Transformer(nn.Module):
@@ -72,13 +72,10 @@ class Transformer(nn.Module):
         cfg = dict(cfg)
         self.cfg = cfg
         d, nh = cfg["d_model"], cfg["n_heads"]
-        if nh < 1 or d % nh:
+        if nh < 1 or d % nh:  # here, where head_dim is derived for the position and attention
             raise ValueError(f"model.d_model={d} is not divisible by model.n_heads={nh}")
         placement = cfg.get("norm_placement", "pre")
-        if placement not in NORM_PLACEMENTS:
-            raise ValueError(
-                f"model.norm_placement: unknown {placement!r}; valid choices: {', '.join(NORM_PLACEMENTS)}"
-            )
+        check_choice("model.norm_placement", placement, NORM_PLACEMENTS)
         dims = {
             "d_model": d, "n_heads": nh, "head_dim": d // nh,
             "context_length": cfg["context_length"], "bias": cfg.get("bias", True),
@@ -121,46 +118,50 @@ class Transformer(nn.Module):
         """idx (B, T) -> the final hidden states (B, T, C) that the LM head reads, no logits."""
         B, T = idx.shape
         start = caches[0].get("length", 0) if caches else 0
-        limit = getattr(self.position, "context_length", None)  # only a learned table has one
-        if limit is not None and start + T > limit:
-            raise ValueError(
-                f"{start + T} positions are more than the learned position table's {limit} rows "
-                f"(model.context_length); crop the input or use a relative position kind"
-            )
+        self.position.check_positions(start + T)
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.drop(self.position.embed(self.tok_emb(idx), pos))  # (B, T, C)
-        losses: dict[str, torch.Tensor] = {}
-        stats: dict[str, torch.Tensor] = {}
         blocks = self._compiled if self._compiled and caches is None else self.blocks
         for i, block in enumerate(blocks):
-            x, block_losses, block_stats = block(x, self.position, pos, caches[i] if caches else None)
-            for name, value in block_losses.items():
-                losses[name] = losses.get(name, 0.0) + value
-            stats.update({f"layer{i}/{k}": v for k, v in block_stats.items()})
-        return ModelOutput(None, losses, stats, features=self.norm(x))
+            x = block(x, self.position, pos, caches[i] if caches else None)
+        return ModelOutput(None, self.aux_losses(), features=self.norm(x))
+
+    # ---- mixture-of-experts layers -------------------------------------------------------
+    def moe_layers(self) -> list[MoE]:
+        """The blocks' MoE layers, first block first; empty for a dense model."""
+        return [block.ffn for block in self.blocks if isinstance(block.ffn, MoE)]
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        """The weighted auxiliary losses of the latest forward pass by name, summed over layers."""
+        losses: dict[str, torch.Tensor] = {}
+        for layer in self.moe_layers():
+            for name, value in layer.aux_losses.items():
+                losses[name] = losses[name] + value if name in losses else value
+        return losses
 
     # ---- reports -------------------------------------------------------------------------
     def num_params(self) -> int:
         """Parameters, counting a tied embedding once."""
         return sum(p.numel() for p in self.parameters())
 
+    def active_params(self) -> int:
+        """Parameters used for one token: all of them, less the routed experts it is not sent to."""
+        return self.num_params() - sum(layer.inactive_params() for layer in self.moe_layers())
+
     def flops_per_token(self) -> int:
         """Training FLOPs per token (forward + backward): 6N + 12 * L * T * d (Kaplan et al. 2020,
         PaLM appendix B), with N the parameters used in matmuls: embedding tables that are only
         looked up are left out, a tied LM head is counted, and for MoE only the active experts."""
-        from lmlab.model.moe import active_params
-
         lookups = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
         if self.lm_head.weight is self.tok_emb.weight:
             lookups -= self.tok_emb.weight.numel()
-        n = active_params(self) - lookups
+        n = self.active_params() - lookups
         return 6 * n + 12 * len(self.blocks) * self.context_length * self.cfg["d_model"]
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ModelOutput]:
-        """Mean cross-entropy of the next-token predictions against targets (B, T); log-softmax
-        in fp32 whatever the autocast. (A chunked head + loss that overwrote bf16 logits with
-        their gradient in place measured 4% slower per step on a 2-core EPYC: not kept.)"""
-        out = self.features(idx)
-        out.logits = self.lm_head(out.features)  # (B, T, vocab)
+        """idx, targets (B, T) -> (cross-entropy, the output with its ``aux_losses``); the
+        log-softmax is fp32 whatever the autocast. (A chunked head + loss that overwrote bf16
+        logits with their gradient in place measured slower per step on a 2-core EPYC: not kept.)"""
+        out = self(idx)
         ce = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
         return ce, out

@@ -1,0 +1,148 @@
+"""Text sources a corpus is prepared from, read in bounded batches of documents.
+
+A source is split into *units* (a file, a row range of a saved dataset, a shard of a hub dataset)
+that worker processes read independently; each unit is streamed in batches, so memory stays bounded
+whatever the corpus size. JSONL, Parquet, saved and hub datasets are read with Hugging Face
+``datasets``; plain text files are one document each.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+PARQUET_SUFFIXES = (".parquet",)
+BATCH_ROWS = 256  # documents read at a time
+KINDS = "text files, JSONL, Parquet, a `datasets` save_to_disk directory, a hub dataset name"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the text is: ``kind`` in text | json | parquet | saved | hub, and how to reach it."""
+
+    kind: str
+    location: str
+    column: str = "text"
+    split: str = "train"
+
+    def units(self, n_parts: int) -> list[tuple]:
+        """Independent pieces of work: files, or row ranges / shards for one dataset."""
+        if self.kind in ("text", "json", "parquet"):
+            return [(f,) for f in _files(Path(self.location), self.kind)]
+        if self.kind == "saved":
+            n = len(self._saved())
+            step = max(BATCH_ROWS, -(-n // max(1, n_parts)))
+            return [(a, min(a + step, n)) for a in range(0, n, step)]
+        return [(i,) for i in range(self._hub().n_shards)]
+
+    def read(self, unit: tuple) -> Iterator[list[tuple[str, bool]]]:
+        """Batches of (text, ends_a_document) of one unit; None and empty documents are skipped.
+        A text file is one document, read in pieces cut where GPT-2-style pre-tokenisation always
+        cuts (before a space that follows a non-space and precedes a letter)."""
+        if self.kind == "text":
+            pieces = list(_pieces(Path(unit[0])))
+            for i in range(0, len(pieces), 16):
+                yield [(t, i + j == len(pieces) - 1) for j, t in enumerate(pieces[i : i + 16])]
+            return
+        if self.kind == "saved":
+            ds, (a, b) = self._saved(), unit
+            for i in range(a, b, BATCH_ROWS):
+                yield [(t, True) for t in ds[i : min(i + BATCH_ROWS, b)][self.column] if t]
+            return
+        if self.kind == "hub":
+            ds = self._hub().shard(num_shards=self._hub().n_shards, index=unit[0])
+        else:
+            ds = _stream_files(self.kind, [unit[0]])
+        for batch in ds.iter(batch_size=BATCH_ROWS):
+            yield [(t, True) for t in batch[self.column] if t]
+
+    def columns(self) -> list[str]:
+        """Column names of the source (for text files: ``text``)."""
+        if self.kind == "text":
+            return ["text"]
+        if self.kind == "saved":
+            return list(self._saved().column_names)
+        ds = self._hub() if self.kind == "hub" else _stream_files(self.kind, [self.units(1)[0][0]])
+        if ds.features is not None:
+            return list(ds.features)
+        first = next(iter(ds), None)
+        return list(first) if first else []
+
+    def _saved(self):
+        from datasets import DatasetDict, load_from_disk
+
+        ds = load_from_disk(self.location)  # memory-mapped Arrow files: nothing is read yet
+        if isinstance(ds, DatasetDict):
+            if self.split not in ds:
+                raise ValueError(f"--split: unknown {self.split!r}; valid choices: {', '.join(ds)}")
+            ds = ds[self.split]
+        return ds
+
+    def _hub(self):
+        from datasets import load_dataset
+
+        return load_dataset(self.location, split=self.split, streaming=True)
+
+
+_CUT = re.compile(r"(?<=\S) (?=[^\W\d_])")  # a space between a non-space and a letter
+
+
+def _pieces(path: Path, size: int = 1 << 16) -> Iterator[str]:
+    """A text file in pieces of about ``size`` characters, cut before a space that starts a word."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        buf = ""
+        while chunk := f.read(size):
+            buf += chunk
+            cut = None
+            for m in _CUT.finditer(buf, max(0, len(buf) - size // 2)):
+                cut = m.start()
+            if cut is None and len(buf) > 8 * size:  # no word start at all: cut anyway
+                cut = len(buf)
+            if cut:
+                yield buf[:cut]
+                buf = buf[cut:]
+        if buf:
+            yield buf
+
+
+def _stream_files(kind: str, files: list[str]):
+    from datasets import load_dataset
+
+    options = {"chunksize": 1 << 20} if kind == "json" else {}  # bytes parsed at a time
+    return load_dataset(kind, data_files=files, split="train", streaming=True, **options)
+
+
+def _files(path: Path, kind: str) -> list[str]:
+    suffixes = {"text": TEXT_SUFFIXES, "json": JSON_SUFFIXES, "parquet": PARQUET_SUFFIXES}[kind]
+    if path.is_file():
+        return [str(path)]
+    return sorted(str(p) for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes))
+
+
+def open_source(location: str, column: str = "text", split: str = "train") -> Source:
+    """Recognise what ``location`` is and check that it holds the text ``column``."""
+    path = Path(location).expanduser()
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        src = Source("saved", str(path), column, split)
+    elif path.exists():
+        names = [path.name] if path.is_file() else [p.name for p in path.rglob("*") if p.is_file()]
+        kind = next((k for k, suf in (("parquet", PARQUET_SUFFIXES), ("json", JSON_SUFFIXES),
+                                      ("text", TEXT_SUFFIXES)) if any(n.endswith(suf) for n in names)),
+                    None)
+        if kind is None:
+            raise ValueError(f"source {location!r}: no readable files; valid choices: {KINDS}")
+        src = Source(kind, str(path), column, split)
+    elif re.fullmatch(r"[\w.-]+(/[\w.-]+)?", location) and not location.endswith(
+            TEXT_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES):
+        src = Source("hub", location, column, split)  # a hub name; needs the network
+    else:
+        raise ValueError(f"source {location!r}: no such file or directory; valid choices: {KINDS}")
+    columns = src.columns()
+    if src.kind != "text" and column not in columns:
+        raise ValueError(f"--column: {column!r} is not a column of {location}; "
+                         f"valid choices: {', '.join(columns) or '(none: the source is empty)'}")
+    return src

@@ -1,0 +1,49 @@
+"""Hydra multirun with a multi-process strategy (DDP, FSDP): each sweep job runs as a single run.
+
+Lightning's DDP launcher starts ranks > 0 by re-executing ``sys.argv`` with
+``hydra.run.dir=<run dir>``. Inside a multirun, ``sys.argv`` holds the whole sweep (``-m a=1,2``)
+and the run dir is not the job's directory, so the ranks would start sweeps of their own, in other
+directories, and rank 0 waits for peers that never join (Lightning #18145/#18175, Hydra #2070,
+lightning-hydra-template #393). So a multirun job that asks for several devices runs as a child
+``python -m lmlab <the job's overrides> hydra.run.dir=<job dir>``: an ordinary single run, whose
+DDP launch is the tested one, in the job's directory. Under SLURM (submitit) each rank is a SLURM
+task already and nothing is re-launched.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from lmlab.run_record import hydra_job, read_record, write_record
+
+
+def needs_own_process(cfg: DictConfig) -> bool:
+    """A multirun job (outside SLURM) whose trainer starts several processes."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not hydra_job().get("multirun") or SLURMEnvironment.detect():
+        return False
+    t = cfg.trainer
+    strategy = str(t.get("strategy", "auto"))
+    many = t.get("devices", 1) not in (1, "1") or int(t.get("num_nodes", 1)) > 1
+    return many and strategy not in ("auto", "single_device")
+
+
+def run_as_child(cfg: DictConfig) -> float | None:
+    """Run this job as ``python -m lmlab`` in its own directory; return its validation loss."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd
+
+    job, job_dir = hydra_job(), Path(cfg.paths.output_dir)
+    cmd = [sys.executable, "-m", "lmlab", *HydraConfig.get().overrides.task,
+           f"hydra.run.dir={job_dir}", "hydra.output_subdir=.hydra_single_run"]
+    proc = subprocess.run(cmd, cwd=get_original_cwd())
+    record = {**read_record(job_dir), "overrides": job["overrides"], "variant": job["variant"]}
+    write_record(job_dir, record)  # the sweep's view of the job: its varied overrides
+    if proc.returncode != 0:
+        raise RuntimeError(f"the job's run exited with status {proc.returncode}; see {job_dir}")
+    return record.get("val_loss")

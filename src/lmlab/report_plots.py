@@ -1,0 +1,90 @@
+"""The report's figures (matplotlib, Agg): validation loss against steps, training tokens and
+training FLOPs, one colour per arm, the mean over the arm's completed seeds as a line and their
+spread (min to max) as a band; and loss against evaluation length (length extrapolation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def seed_band(curves: list[list[tuple[int, float]]]):
+    """(steps, mean, low, high) over the steps every curve has; None if there are none."""
+    common = set.intersection(*(set(s for s, _ in c) for c in curves)) if curves else set()
+    if not common:
+        return None
+    steps = np.array(sorted(common))
+    ys = np.array([[dict(c)[s] for s in steps] for c in curves])  # (seeds, steps)
+    return steps, ys.mean(0), ys.min(0), ys.max(0)
+
+
+AXES = (("step", "step", lambda m: 1.0),
+        ("training tokens", "tokens", lambda m: m.get("tokens_per_step")),
+        ("training FLOPs", "flops", lambda m: (m.get("tokens_per_step") or 0) * m.get("flops_per_token", 0) or None))
+
+
+def plot_val_loss(arms: list, path: Path) -> bool:
+    """Three panels (steps, tokens, FLOPs); False if no job has a validation curve yet."""
+    if not any(j.curve for a in arms for j in a.jobs):
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.0), dpi=80, sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (xlabel, _, scale_of) in zip(axes, AXES):
+        for i, arm in enumerate(arms):
+            color = colors[i % len(colors)]
+            done = [j for j in arm.jobs if j.status == "completed" and j.curve]
+            scale = scale_of(done[0].metrics) if done else None
+            band = seed_band([j.curve for j in done])
+            if band is not None and scale:
+                steps, mean, low, high = band
+                ax.plot(steps * scale, mean, color=color, label=f"{arm.label} (n={len(done)})")
+                if len(done) > 1:
+                    ax.fill_between(steps * scale, low, high, color=color, alpha=0.2, lw=0)
+            for j in arm.jobs:  # unfinished jobs: their own dashed curve, steps only
+                if j.status != "completed" and j.curve and xlabel == "step":
+                    s, v = zip(*j.curve)
+                    ax.plot(s, v, "--", color=color, alpha=0.7)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation loss")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("validation loss: mean over seeds, band min-max (dashed: running or failed)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_extrapolation(series: dict[str, tuple[list[int], list[float | None]]], path: Path,
+                       trained: int | None = None) -> None:
+    """Loss against evaluation length per arm: ``series`` label -> (lengths, mean losses; None
+    where the arm cannot run, e.g. a learned table past its rows)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=80)
+    for label, (lengths, losses) in series.items():
+        pts = [(n, v) for n, v in zip(lengths, losses) if v is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+    if trained:
+        ax.axvline(trained, color="grey", ls=":", lw=1, label="trained context")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("evaluation context length (tokens)")
+    ax.set_ylabel("loss (mean over seeds)")
+    ax.set_title("length extrapolation (missing points: n/a)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,58 @@
+"""Length extrapolation of a finished sweep, after the fact:
+
+    python -m lmlab.rescore outputs/multirun/<date>/<time> --extrapolate 1,2,4,8
+
+For every completed job, loads the checkpoint its run kept as best (chosen on validation), scores
+it on every window of the held-out test split (else validation) at each multiple of its trained
+context, and stores the result as ``extrapolation`` in the job's metrics.json, where
+``python -m lmlab.report`` finds it. Every length scores the whole split, so the lengths differ
+only in how much context each token has.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from lmlab.checkpoint import load_module
+from lmlab.data.datamodule import TokenDataModule
+from lmlab.evaluation import score, summary
+from lmlab.run_record import job_status, read_record, write_record
+
+DATA_KEYS = ("source", "path", "val_docs", "test_docs", "val_fraction", "tokenizer")
+
+
+def rescore_job(job_dir: Path, factors: list[float], cache_dir: str) -> dict | None:
+    record = read_record(job_dir)
+    if job_status(record) != "completed" or not record.get("checkpoint"):
+        return None
+    module = load_module(record["checkpoint"], "cpu")
+    data = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())["data"]
+    datamodule = TokenDataModule(**{k: data[k] for k in DATA_KEYS if k in data},
+                                 context_length=module.model.context_length, cache_dir=cache_dir)
+    split = "test" if datamodule.has_test_split else "val"
+    result = score(module.model, datamodule, split, factors, max_windows=None)
+    record["extrapolation"] = {k: result[k] for k in ("split", "context_length", "extrapolation")}
+    write_record(job_dir, record)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m lmlab.rescore", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep_dir")
+    p.add_argument("--extrapolate", default="1,2,4,8", help="multiples of the trained context")
+    p.add_argument("--cache-dir", default="outputs/cache", help="the token cache (data.cache_dir)")
+    args = p.parse_args(argv)
+    factors = [float(f) if "." in f else int(f) for f in args.extrapolate.split(",")]
+    jobs = sorted((d for d in Path(args.sweep_dir).iterdir() if (d / "metrics.json").is_file()),
+                  key=lambda d: (len(d.name), d.name))
+    for job in jobs:
+        result = rescore_job(job, factors, args.cache_dir)
+        print(f"job {job.name}: " + (summary(result) if result else "skipped (not completed)"),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""What exact resumption needs beyond Lightning's own checkpoint: random-number generator state,
+and checkpoint files replaced atomically on any local file system."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+def requeued_checkpoint(run_dir: Path) -> str | None:
+    """A SLURM job started again by a requeue (``SLURM_RESTART_COUNT`` > 0) in the same run
+    directory resumes from its ``checkpoints/last.ckpt``: the case of a job killed without the
+    grace signal, or requeued by submitit, where no HPC checkpoint was written. Where Lightning's
+    HPC checkpoint exists, None: Lightning loads that one itself."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect() or int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
+        return None
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if list(Path(run_dir).glob("hpc_ckpt_*.ckpt")) or not last.is_file():
+        return None
+    return str(last)
+
+
+class RNGState(L.Callback):
+    """Saves and restores the torch, numpy and Python generators of the saving process, so
+    dropout and anything else drawing random numbers continues as in an uninterrupted run."""
+
+    def state_dict(self) -> dict:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                "python_version": random.getstate()[0], "python_gauss": random.getstate()[2],
+                "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+class StepBoundarySignals(L.Callback):
+    """Holds the pre-emption signal (SIGUSR1) back while training, except at the end of each
+    training batch: Lightning's SLURM handler then saves its checkpoint where ModelCheckpoint
+    saves, between two steps, never halfway through one, so the requeued job resumes exactly."""
+
+    SIGNALS = {signal.SIGUSR1}
+
+    def on_train_start(self, trainer, pl_module):
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)  # a pending signal is handled here
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+
+    def on_train_end(self, trainer, pl_module):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+
+    def on_exception(self, trainer, pl_module, exception):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file beside its target, flushes it to disk and renames
+    it over the target: a kill at any moment leaves the previous checkpoint whole. (Lightning's
+    own save goes through a temporary file in the system temp dir, and a move across file
+    systems, e.g. /tmp to a cluster's shared disk, is a copy that a kill can cut short.)"""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if type(get_filesystem(path)).__name__ != "LocalFileSystem":
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)

@@ -1,0 +1,37 @@
+"""What bounds a run: the default time limit applies to single runs only, and the run record says
+what stopped training and how many tokens it saw, so the report can flag arms that are not
+comparable (time-limited, or fewer steps or tokens than the others)."""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import Timer
+from omegaconf import DictConfig
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def sweep_time_limit(cfg: DictConfig, job: dict) -> None:
+    """``conf/trainer/default.yaml``'s ``max_time`` is a safety net for a single run on a slow
+    machine; in a sweep it would cut slower arms short before their learning rate has decayed.
+    So in a multirun it is removed unless ``trainer.max_time`` is on the command line."""
+    if job.get("multirun") and "trainer.max_time" not in {_key(o) for o in job.get("overrides", [])}:
+        cfg.trainer.max_time = None
+
+
+def stopped_by(trainer) -> str:
+    """``max_steps`` (ran to the end), ``max_time`` (the Timer stopped it first) or ``other``."""
+    if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+        return "max_steps"
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = timer.time_remaining() if timer is not None else None
+    if remaining is not None and remaining <= 0:
+        return "max_time"
+    return "other"
+
+
+def tokens_per_step(cfg: DictConfig, trainer, context_length: int) -> int:
+    """Training tokens per optimizer step over all ranks (targets per window x windows)."""
+    return (int(cfg.data.batch_size) * context_length * int(cfg.trainer.accumulate_grad_batches)
+            * trainer.world_size)

@@ -1,0 +1,136 @@
+"""Exact resume: a training process killed by a real signal and resumed from its last checkpoint
+logs the same losses, step for step, as a run that was never stopped (CPU, fp32: bit-exact)."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lmlab.resume import AtomicCheckpointIO
+from tests.conftest import ROOT
+from tests.test_train_cli import FAST, run
+
+STEPS = 120
+RESUMABLE = [*FAST, f"trainer.max_steps={STEPS}", "trainer.val_check_interval=40",
+             "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=5",
+             "sample.max_new_tokens=0"]
+
+
+def logged(run_dir, key):
+    """{step: value} of a metric in a run's csv/metrics.csv."""
+    rows = csv.DictReader(open(run_dir / "csv" / "metrics.csv"))
+    return {int(r["step"]): float(r[key]) for r in rows if r.get(key)}
+
+
+def checkpoint_step(path):
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")["global_step"]
+    except Exception:  # not written yet
+        return -1
+
+
+def start_and_kill(run_dir, sig, cache, after_step=30, extra=()):
+    """Start `python train.py`, wait for a checkpoint past ``after_step``, send ``sig``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *RESUMABLE, *extra,
+                             f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while checkpoint_step(last) < after_step:
+        assert proc.poll() is None and time.time() < deadline, "the run ended before the signal"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return checkpoint_step(last)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("full")
+    run("train.py", *RESUMABLE, f"hydra.run.dir={tmp / 'r'}", f"paths.cache_dir={tmp / 'cache'}")
+    return tmp / "r", tmp / "cache"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
+def test_killed_run_resumes_with_identical_losses(uninterrupted, tmp_path, sig):
+    full, cache = uninterrupted
+    step = start_and_kill(tmp_path / "a", sig, cache)
+    assert 30 <= step < STEPS  # killed mid-way, after a checkpoint
+    run("train.py", *RESUMABLE, f"ckpt_path={tmp_path / 'a/checkpoints/last.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'b'}", f"paths.cache_dir={cache}")
+    for key in ("train/loss", "lr-AdamW/pg1"):
+        want, got = logged(full, key), logged(tmp_path / "b", key)
+        after = {s: v for s, v in want.items() if s >= step}
+        assert got == after and len(got) == STEPS - step, key  # bit-exact: data, optimizer, schedule
+    assert logged(tmp_path / "b", "val/loss") == {s: v for s, v in logged(full, "val/loss").items()
+                                                   if s >= step}
+
+
+def test_resuming_with_another_length_is_refused_unless_extended(uninterrupted, tmp_path):
+    full, cache = uninterrupted
+    ckpt = full / "checkpoints" / "last.ckpt"
+    proc = run("train.py", *RESUMABLE, "trainer.max_steps=130", f"ckpt_path={ckpt}",
+               f"hydra.run.dir={tmp_path / 'x'}", f"paths.cache_dir={cache}", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"lmlab: error: trainer.max_steps: the checkpoint's run was planned for {STEPS} steps, "
+        f"not 130; resume with trainer.max_steps={STEPS}, or add module.extend=true to decay "
+        f"the LR from step {STEPS} to the new end")
+    run("train.py", *RESUMABLE, "trainer.max_steps=130", "module.extend=true", f"ckpt_path={ckpt}",
+        f"hydra.run.dir={tmp_path / 'y'}", f"paths.cache_dir={cache}")
+    lr = logged(tmp_path / "y", "lr-AdamW/pg1")
+    assert sorted(lr) == list(range(STEPS, 130))
+    # the plan had decayed to its minimum at step 120: the extension goes on from there, where a
+    # silently re-planned cosine over 130 steps would jump back up to 0.109 x the peak
+    assert all(v == pytest.approx(0.1 * 2e-3, rel=1e-6) for v in lr.values())
+
+
+@pytest.mark.slow
+def test_killed_run_on_prepared_shards_resumes_with_identical_losses(tmp_path):
+    """data=tokens: the loader restarts at the batch the checkpoint recorded, so a resumed run is exact."""
+    import json
+
+    from lmlab.data.corpus import shakespeare_plays
+    from lmlab.data.prepare import prepare
+
+    src = tmp_path / "c.jsonl"
+    docs = [p for t in list(shakespeare_plays().values())[:4] for p in t.split("\n\n") if p]
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    prepare(str(src), str(tmp_path / "shards"), val_fraction=0.05)
+    tokens = ["data=tokens", f"data.path={tmp_path / 'shards'}"]
+    run("train.py", *RESUMABLE, *tokens, f"hydra.run.dir={tmp_path / 'full'}")
+    step = start_and_kill(tmp_path / "a", signal.SIGKILL, tmp_path / "cache", 30, tokens)
+    assert 30 <= step < STEPS
+    run("train.py", *RESUMABLE, *tokens, f"ckpt_path={tmp_path / 'a/checkpoints/last.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'b'}")
+    want = {s: v for s, v in logged(tmp_path / "full", "train/loss").items() if s >= step}
+    assert logged(tmp_path / "b", "train/loss") == want and len(want) == STEPS - step
+
+
+KILL_WHILE_SAVING = """
+import sys, torch
+from lmlab.resume import AtomicCheckpointIO
+print("saving", flush=True)
+AtomicCheckpointIO().save_checkpoint({"w": torch.ones(150_000_000)}, sys.argv[1])  # ~600 MB
+"""
+
+
+def test_a_kill_while_saving_leaves_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.zeros(3)}, path)
+    proc = subprocess.Popen([sys.executable, "-c", KILL_WHILE_SAVING, str(path)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "saving"
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".last.ckpt.tmp*")):  # the new file is being written
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert torch.load(path, weights_only=True)["step"] == 1

@@ -1,0 +1,42 @@
+"""No default time limit cuts a sweep arm; an arm that a time limit did cut is flagged in its
+metrics.json and in the report, and kept out of the verdicts."""
+
+from __future__ import annotations
+
+import json
+
+from lmlab.run_limits import sweep_time_limit
+from lmlab.report import make_report
+from tests.conftest import compose_cfg
+from tests.test_report_stats import comparison_table
+from tests.test_sweep import job_dirs, multirun, overrides_of
+
+
+def test_the_default_time_limit_is_for_single_runs_only():
+    default = compose_cfg([]).trainer.max_time
+    assert default  # the safety net of a single run
+    for job, expected in [({}, default), ({"multirun": False, "overrides": []}, default),
+                          ({"multirun": True, "overrides": ["seed=1"]}, None),
+                          ({"multirun": True, "overrides": ["trainer.max_time=00:00:01:00"]},
+                           "00:00:01:00")]:
+        cfg = compose_cfg(job.get("overrides", []))
+        sweep_time_limit(cfg, job)
+        assert cfg.trainer.max_time == expected, job
+
+
+def test_a_time_limited_arm_is_flagged_and_left_out_of_the_verdicts(tmp_path, cache_dir):
+    # arm 1 asks for a zero time limit: its trainer stops before its 4 steps
+    sweep = multirun(tmp_path, cache_dir, "trainer.max_time=null,'00:00:00:00'", "seed=0,1")
+    by_limit = {}
+    for job in job_dirs(sweep):
+        m = json.loads((job / "metrics.json").read_text())
+        by_limit.setdefault(m["max_time"], []).append(m)
+    assert [(m["stopped_by"], m["steps"], m["tokens"]) for m in by_limit[None]] == [
+        ("max_steps", 4, 4 * 4 * 16)] * 2
+    cut = by_limit["00:00:00:00"]
+    assert [m["stopped_by"] for m in cut] == ["max_time"] * 2 and all(m["steps"] < 4 for m in cut)
+    arm = " ".join(o for o in overrides_of(job_dirs(sweep)[-1]) if o.startswith("trainer.max_time"))
+    rows = comparison_table(make_report(sweep).read_text())
+    assert "time-limited" in rows[arm]["flags"] and "fewer steps (" in rows[arm]["flags"]
+    assert rows[arm]["verdict"] == "excluded (flagged)"
+    assert rows["trainer.max_time=null"]["verdict"] == "baseline"
