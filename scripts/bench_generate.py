@@ -5,27 +5,12 @@ use_cache=True, same batch and lengths). The contenders take turns in every roun
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-
-def machine() -> str:
-    """CPU model, its bf16 matrix flags, torch threads and load: printed beside every figure."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-                 platform.processor() or "unknown CPU")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    bf16 = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags] or ["no avx512_bf16/amx (AVX2 only)"]
-    return (f"{model}; {' '.join(bf16)}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+from bench_common import machine
 
 
 def lmlab_model(overrides: list[str]):
@@ -71,7 +56,7 @@ def cmd_generate(args) -> None:
 
     B, P, N = args.batch, args.prompt_len, args.new_tokens
     print(f"generation: batch {B}, prompt {P} tokens, {N} new tokens, greedy, fp32, median of "
-          f"{args.repeats} interleaved rounds\nmachine: {machine()}")
+          f"{args.repeats} interleaved rounds\n{machine()}")
 
     def lmlab(model, idx, use_cache):
         def run():

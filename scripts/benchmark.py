@@ -7,29 +7,16 @@ Sections are subcommands; to add one, write a `cmd_<name>(args)` function and re
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import time
 
 import torch
 from torch import nn
 
-from lmlab.hardware import cpu_has_native_bf16, fast_precision, reuse_freed_memory
+from bench_common import bench, machine
+from bench_generate import OPTIONS as GENERATE_OPTIONS, cmd_generate
+from bench_train import cmd_overhead, cmd_train
+from lmlab.hardware import reuse_freed_memory
 from lmlab.model.ffn import DenseFFN
 from lmlab.model.moe import MoE
-
-
-def bench(fns: dict, repeats: int, warmup: int = 2) -> dict:
-    """Median seconds of each ``fns[name]()`` over ``repeats`` rounds after ``warmup`` rounds. The
-    functions take turns within each round, so a busy machine slows them alike."""
-    times = {name: [] for name in fns}
-    for r in range(warmup + repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            if r >= warmup:
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 # ---- moe -------------------------------------------------------------------------------------
@@ -67,10 +54,10 @@ def cmd_moe(args) -> None:
             layer(x).square().mean().backward()
         return run
 
+    print(machine())
     print(f"MoE layer forward+backward: {N} tokens, d_model {d}, {E} GELU experts of width "
           f"{hidden}, top-{k}; dense FFN of width {k * hidden} (same active parameters); "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+          f"median of {args.repeats}")
     t = bench({"moe": fwd_bwd(moe), "naive": fwd_bwd(naive), "dense": fwd_bwd(dense)}, args.repeats)
     t_moe, t_naive, t_dense = t["moe"], t["naive"], t["dense"]
     print(f"  moe (sorted dispatch)   {t_moe * 1e3:8.1f} ms")
@@ -80,75 +67,24 @@ def cmd_moe(args) -> None:
           f"  (target <= 1.5)")
 
 
-# ---- train ----------------------------------------------------------------------------------
-def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
-    """Measured FLOP/s of an n x n matmul in ``dtype`` on this machine: the MFU denominator,
-    measured in the same run rather than taken from a data sheet."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    t = bench({"mm": lambda: a @ b}, repeats)["mm"]
-    return 2 * n**3 / t
-
-
-def cmd_train(args) -> None:
-    """Training-step throughput of a composed model, in fp32 and bf16 autocast, with MFU against
-    the matmul peak of the same precision measured in the same run."""
-    import torch.nn.functional as F
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from lmlab.config import conf_dir, register_resolvers
-    from lmlab.model import Transformer
-
-    register_resolvers()
-    with initialize_config_dir(conf_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=args.overrides)
-    torch.manual_seed(0)
-    model = Transformer(OmegaConf.to_container(cfg.model, resolve=True))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    B, T = args.batch, model.context_length
-    x = torch.randint(0, model.cfg["vocab_size"], (B, T + 1))
-
-    def step(bf16: bool):
-        def run():
-            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                logits = model(x[:, :-1]).logits
-            F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten()).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return run
-
-    flops = model.flops_per_token() * B * T
-    print(f"training step: {' '.join(args.overrides) or 'default model'}, {model.num_params():,} "
-          f"parameters, batch {B} x {T} tokens, {torch.get_num_threads()} threads, median of "
-          f"{args.repeats}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    results = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        if name == "bf16" and not (args.bf16 or cpu_has_native_bf16()):
-            print("  bf16: skipped, this CPU has no AVX512-BF16/AMX (emulated bf16 is ~40x slower; "
-                  "--bf16 runs it anyway)")
-            continue
-        peak = matmul_peak(dtype)
-        t = bench({name: step(name == "bf16")}, args.repeats, warmup=1)[name]
-        results[name] = t
-        print(f"  {name}: {t * 1e3:8.1f} ms/step  {B * T / t:9.0f} tokens/s  "
-              f"{flops / t / 1e9:7.1f} GFLOP/s  matmul peak {peak / 1e9:7.1f} GFLOP/s  "
-              f"MFU {flops / t / peak:6.1%}")
-    if len(results) == 2:
-        print(f"  bf16 / fp32 step time: {results['bf16'] / results['fp32']:.2f}x "
-              f"(precision auto picks {'bf16-mixed' if results['bf16'] < results['fp32'] else '32-true'}"
-              f" by that measure; lmlab.hardware.fast_precision() says {fast_precision()})")
-
-
-from bench_generate import OPTIONS as GENERATE_OPTIONS, cmd_generate  # noqa: E402 (scripts/ is on sys.path)
-
 SECTIONS = {
-    "generate": (cmd_generate, "generation tokens/s: KV cache vs recompute vs transformers", GENERATE_OPTIONS),
-    "train": (cmd_train, "training-step tokens/s and MFU of a composed model, fp32 and bf16", [
-        ("overrides", dict(nargs="*", help="config overrides, e.g. model=llama model.n_layers=2")),
-        ("--batch", dict(type=int, default=16)),
-        ("--repeats", dict(type=int, default=3)),
+    "train": (cmd_train, "lmlab's training step vs a textbook loop: tokens/s, MFU, ratio", [
+        ("overrides", dict(nargs="*", help="config overrides, e.g. model=llama model.n_layers=2 "
+                                           "(default: the default model and 6 x 384 x 256)")),
+        ("--batch", dict(type=int, default=None, help="default: data.batch_size")),
+        ("--repeats", dict(type=int, default=5)),
+        ("--compile", dict(action="store_true", help="also time lmlab with model.compile=true")),
         ("--bf16", dict(action="store_true", help="time bf16 even where it is emulated (slow)")),
     ]),
+    "overhead": (cmd_overhead, "tokens/s of the real Lightning loop vs lmlab's raw step", [
+        ("overrides", dict(nargs="*", help="config overrides (default: the default run)")),
+        ("--steps", dict(type=int, default=12, help="steps per round")),
+        ("--rounds", dict(type=int, default=2)),
+        ("--cache-dir", dict(default=None, help="tokenized corpus cache (default: a temp dir)")),
+        ("--bf16", dict(action="store_true", help="time bf16 even where it is emulated (slow)")),
+    ]),
+    "generate": (cmd_generate, "KV-cache decoding vs recomputation and transformers' generate()",
+                 GENERATE_OPTIONS),
     "moe": (cmd_moe, "MoE layer vs a naive masked loop and an equal-active dense FFN", [
         ("--tokens", dict(type=int, default=4096)),
         ("--d-model", dict(type=int, default=256)),

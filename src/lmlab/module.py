@@ -25,6 +25,7 @@ class LanguageModule(L.LightningModule):
         warmup_steps: int = 100,
         max_steps: int = 1000,
         min_lr_ratio: float = 0.1,
+        optimizer: dict | None = None,
         extend: bool = False,
     ):
         super().__init__()
@@ -92,14 +93,14 @@ class LanguageModule(L.LightningModule):
         self.log("test/loss", loss, sync_dist=False)
 
     def configure_optimizers(self):
+        """The optimizer of ``module/optimizer`` (a ``_target_`` in lmlab.optim; AdamW when
+        none is given), linear warmup then cosine decay, stepped every optimizer step."""
+        from hydra.utils import instantiate
+
         hp = self.hparams
-        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": hp.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        spec = dict(hp.optimizer or {"_target_": "lmlab.optim.adamw"})
+        opt = instantiate(spec, model=self.model, lr=hp.lr, weight_decay=hp.weight_decay,
+                          betas=tuple(hp.betas))
         schedule = Schedule(hp.warmup_steps, hp.max_steps, hp.min_lr_ratio, self._anchor)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

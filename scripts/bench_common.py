@@ -1,0 +1,57 @@
+"""What every benchmark section shares: interleaved timing, the machine line, the matmul peak."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def bench_times(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of each ``fns[name]()`` in each of ``repeats`` rounds after ``warmup`` rounds. The
+    functions take turns within each round, so a busy machine slows them alike."""
+    times = {name: [] for name in fns}
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def bench(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each function, timed in turns (see bench_times)."""
+    return {name: statistics.median(t) for name, t in bench_times(fns, repeats, warmup).items()}
+
+
+def machine() -> str:
+    """One line naming the CPU, its matrix-relevant flags, threads and load: printed beside every
+    figure, because figures from different machines are not comparable."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        name = next(l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name"))
+        flags = set(next(l for l in info.splitlines() if l.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        name, flags = platform.processor() or "unknown CPU", set()
+    have = [f for f in FLAGS if f in flags]
+    return (f"machine: {name} ({os.cpu_count()} CPUs; {' '.join(have) or 'no AVX2'}), "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"load average {os.getloadavg()[0]:.1f}")
+
+
+MATMUL_N = 1024
+MATMUL_FLOP = 2 * MATMUL_N**3
+
+
+def matmul(dtype: torch.dtype):
+    """An n x n matmul in ``dtype``: timed beside the steps it is compared with, its FLOP/s is the
+    MFU denominator, the peak measured on this machine rather than taken from a data sheet."""
+    a, b = torch.randn(MATMUL_N, MATMUL_N).to(dtype), torch.randn(MATMUL_N, MATMUL_N).to(dtype)
+    return lambda: a @ b

@@ -1,0 +1,169 @@
+"""`benchmark.py train` and `benchmark.py overhead`: lmlab's training step against a textbook
+loop over the same architecture, and the Lightning loop against lmlab's raw step."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from bench_common import MATMUL_FLOP, bench_times, machine, matmul
+from lmlab.hardware import cpu_has_native_bf16
+from textbook import TextbookGPT, adamw, train_step
+
+
+SHAPES = {  # name -> config overrides
+    "default model": [],
+    "6 x 384, context 256": ["model.n_layers=6", "model.d_model=384", "model.n_heads=6",
+                             "model.context_length=256"],
+}
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lmlab.config import conf_dir, register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        return hydra_compose("train", overrides=overrides)
+
+
+def lmlab_step(module, batch: torch.Tensor, bf16: bool):
+    """lmlab's raw step, as LanguageModule trains outside Lightning: its loss, its optimizer and
+    schedule, gradient clipping at 1.0."""
+    opt_cfg = module.configure_optimizers()
+    opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
+    x, y = batch[:, :-1], batch[:, 1:]
+
+    def run():
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            loss, _ = module.model.loss(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    return run
+
+
+def precisions(force_bf16: bool):
+    yield "fp32", torch.float32
+    if force_bf16 or cpu_has_native_bf16():
+        yield "bf16", torch.bfloat16
+    else:
+        print("  bf16: skipped, this CPU has no AVX512-BF16/AMX (emulated bf16 is ~40x slower; "
+              "--bf16 runs it anyway)")
+
+
+def cmd_train(args) -> None:
+    """Per shape and precision: lmlab's step vs the textbook step (and lmlab compiled with
+    --compile), interleaved, with tokens/s and MFU against the matmul peak of that precision."""
+    from omegaconf import OmegaConf
+
+    from lmlab.training import build_module
+
+    print(machine())
+    shapes = {" ".join(args.overrides): args.overrides} if args.overrides else SHAPES
+    for shape, overrides in shapes.items():
+        cfg = compose(overrides)
+        torch.manual_seed(0)
+        module = build_module(cfg)
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+        textbook = TextbookGPT.like(model_cfg)
+        B, T = args.batch or cfg.data.batch_size, module.model.context_length
+        batch = torch.randint(0, model_cfg["vocab_size"], (B, T + 1))
+        flops = module.model.flops_per_token() * B * T
+        print(f"training step, {shape}: {module.model.num_params():,} parameters, batch {B} x {T} "
+              f"tokens, median of {args.repeats}")
+        for name, dtype in precisions(args.bf16):
+            bf16 = dtype == torch.bfloat16
+            steps = {"lmlab": lmlab_step(module, batch, bf16)}
+            if args.compile:
+                compiled = build_module(compose(overrides + ["model.compile=true"]))
+                steps["lmlab compiled"] = lmlab_step(compiled, batch, bf16)
+            opt = adamw(textbook, lr=1e-4)
+            steps["textbook"] = lambda: train_step(textbook, opt, batch, bf16)
+            steps["matmul"] = matmul(dtype)  # the peak, timed in the same rounds as the steps
+            times = bench_times(steps, args.repeats, warmup=2 if args.compile else 1)
+            peak = MATMUL_FLOP / min(times.pop("matmul"))  # the best round: a peak
+            t = {name: statistics.median(ts) for name, ts in times.items()}
+            for step_name, s in t.items():
+                print(f"  {name} {step_name:15s} {s * 1e3:8.1f} ms/step {B * T / s:8.0f} tokens/s "
+                      f"{flops / s / 1e9:7.1f} GFLOP/s  MFU {flops / s / peak:6.1%} "
+                      f"(matmul peak {peak / 1e9:.0f} GFLOP/s)")
+            for step_name in t:
+                if step_name != "textbook":
+                    print(f"  {name} textbook / {step_name}: {t['textbook'] / t[step_name]:.2f}x")
+
+
+class StepClock:
+    """Wall time from one training batch's start to the next's: everything the loop does."""
+
+    def __new__(cls):
+        import lightning as L
+
+        class _Clock(L.Callback):
+            def __init__(self):
+                self.starts: list[float] = []
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                self.starts.append(time.perf_counter())
+
+            def step_times(self, skip: int = 2) -> list[float]:
+                return [b - a for a, b in zip(self.starts[skip:], self.starts[skip + 1:])]
+
+        return _Clock()
+
+
+def lightning_steps(cfg, steps: int) -> list[float]:
+    """Step times of a real `python train.py` loop (its callbacks, loggers, clipping, progress
+    bar) without validation, checkpoint writes aside."""
+    import hydra
+    import lightning as L
+
+    from lmlab.training import build_datamodule, build_module
+
+    L.seed_everything(0, verbose=False)
+    module, data = build_module(cfg), build_datamodule(cfg)
+    clock = StepClock()
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values()] + [clock]
+    trainer = hydra.utils.instantiate(cfg.trainer, max_steps=steps, val_check_interval=None,
+                                      limit_val_batches=0, max_time=None, callbacks=callbacks,
+                                      logger=hydra.utils.instantiate(cfg.logger.csv))
+    trainer.fit(module, datamodule=data)
+    return clock.step_times()
+
+
+def cmd_overhead(args) -> None:
+    """The Lightning loop's step against lmlab's raw step of the same model and batch size,
+    alternating rounds of each so that the machine's load falls on both alike."""
+    import tempfile
+
+    from lmlab.training import build_module
+
+    print(machine())
+    for name, dtype in precisions(args.bf16):
+        precision = "bf16-mixed" if dtype == torch.bfloat16 else "32-true"
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = compose(args.overrides + [f"trainer.precision={precision}", f"paths.output_dir={tmp}",
+                                            f"paths.cache_dir={args.cache_dir or tmp}"])
+            module = build_module(cfg)
+            B, T = cfg.data.batch_size, module.model.context_length
+            batch = torch.randint(0, cfg.model.vocab_size, (B, T + 1))
+            raw_step = lmlab_step(module, batch, dtype == torch.bfloat16)
+            lit, raw = [], []
+            for _ in range(args.rounds):
+                lit += lightning_steps(cfg, args.steps)
+                for _ in range(args.steps):
+                    t0 = time.perf_counter()
+                    raw_step()
+                    raw.append(time.perf_counter() - t0)
+        t_lit, t_raw = statistics.median(lit), statistics.median(raw)
+        print(f"  {name}: Lightning loop {B * T / t_lit:7.0f} tokens/s, raw step {B * T / t_raw:7.0f} "
+              f"tokens/s: loop overhead {t_lit / t_raw - 1:+.1%} (target <= 5%; median of "
+              f"{len(lit)} and {len(raw)} steps)")

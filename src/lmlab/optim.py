@@ -1,0 +1,89 @@
+"""Optimizers, one per file of ``conf/module/optimizer/``; each ``_target_`` below builds one from
+the model and the module's shared settings (lr, weight_decay, betas).
+
+- ``adamw``: AdamW on every parameter, weight decay on matrices only; the fused single-pass
+  implementation where PyTorch has one for the device.
+- ``muon``: Muon (Jordan et al. 2024; ``torch.optim.Muon``) on the hidden matrices - the 2-D
+  weights of the linear layers inside the transformer blocks - and AdamW on everything else:
+  embeddings, the LM head, norms and biases. Both are stepped as one optimizer, so Lightning's
+  automatic optimization, gradient clipping, the LR schedule and checkpoints work unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
+    """The 2-D weights of the linear layers inside the transformer blocks (not the embedding,
+    the position table or the LM head, which sit outside the blocks)."""
+    return [m.weight for m in model.blocks.modules() if isinstance(m, nn.Linear)]
+
+
+def _decay_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
+    decay = [p for p in params if p.dim() >= 2]
+    rest = [p for p in params if p.dim() < 2]
+    return [g for g in ({"params": decay, "weight_decay": weight_decay},
+                        {"params": rest, "weight_decay": 0.0}) if g["params"]]
+
+
+def adamw(model: nn.Module, lr: float, weight_decay: float, betas, params=None,
+          fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over ``params`` (default: all trainable parameters of ``model``). ``fused``: None
+    picks PyTorch's fused kernel (one pass over each tensor instead of several)."""
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    if fused is None:
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    opt = torch.optim.AdamW(_decay_groups(params, weight_decay), lr=lr, betas=tuple(betas),
+                            fused=fused)
+    # A fused AdamW announces that it can unscale fp16 gradients itself, and Lightning then
+    # refuses gradient clipping under mixed precision. With bf16 there is nothing to unscale, and
+    # with fp16 the GradScaler unscales before clipping when the optimizer does not claim it.
+    opt._step_supports_amp_scaling = False
+    return opt
+
+
+class Combined(torch.optim.Optimizer):
+    """Several optimizers over disjoint parameters, stepped as one. The parameter groups and the
+    state are shared with the inner optimizers, so a scheduler's LR changes reach them and a
+    checkpoint's state_dict round-trips through the usual Optimizer machinery."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        super().__init__([g for o in optimizers for g in o.param_groups], {})
+        self._share()
+
+    def _share(self):
+        start = 0
+        for o in self.optimizers:
+            n = len(o.param_groups)
+            o.param_groups = self.param_groups[start:start + n]
+            o.state = self.state
+            start += n
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for o in self.optimizers:
+            o.step()
+        return loss
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._share()  # load_state_dict replaces the group dicts and the state
+
+
+def muon(model: nn.Module, lr: float, weight_decay: float, betas, momentum: float = 0.95,
+         ns_steps: int = 5, adjust_lr_fn: str = "match_rms_adamw") -> Combined:
+    """Muon on the hidden matrices, AdamW on the rest. With ``adjust_lr_fn: match_rms_adamw``
+    (Liu et al. 2025) Muon's update has AdamW's RMS, so one ``lr`` serves both."""
+    hidden = hidden_matrices(model)
+    ids = {id(p) for p in hidden}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    opt_muon = torch.optim.Muon([p for p in hidden if p.requires_grad], lr=lr, weight_decay=weight_decay,
+                                momentum=momentum, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
+    return Combined([opt_muon, adamw(model, lr, weight_decay, betas, params=rest)])

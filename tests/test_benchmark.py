@@ -1,0 +1,31 @@
+"""The benchmark sections run and print their comparisons (no timings are asserted)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+TINY_MODEL = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2"]
+
+
+def benchmark(*args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "scripts/benchmark.py", "--threads", "1", *args], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+@pytest.mark.slow  # ~30-60 s each on 2 busy cores
+def test_train_section_compares_lmlab_with_the_textbook_loop():
+    out = benchmark("train", *TINY_MODEL, "model.context_length=16", "--repeats", "1")
+    assert out.startswith("machine: ") and "fp32 textbook / lmlab:" in out and "MFU" in out
+
+
+@pytest.mark.slow
+def test_generate_section_compares_cache_recompute_and_transformers():
+    out = benchmark("generate", *TINY_MODEL, "--new-tokens", "8", "--repeats", "1")
+    assert "machine: " in out and "cached / recompute = " in out and "lmlab / transformers = " in out
