@@ -62,12 +62,17 @@ def model():
 
 def test_temperature_zero_is_argmax_decoding(model):
     idx = torch.randint(0, 50257, (2, 5))
-    greedy = sample_tokens(model, idx, max_new_tokens=20, temperature=0, top_k=3, top_p=0.5)
+    greedy = sample_tokens(model, idx, max_new_tokens=20, temperature=0, top_k=3, top_p=0.5,
+                           use_cache=False)
     expected = idx
     for _ in range(20):  # plain argmax over the cropped context, no cache
         logits = model(expected[:, -model.context_length:]).logits[:, -1]
         expected = torch.cat([expected, logits.argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(greedy, expected)
+    # with the KV cache too, while the context has room (past it the cache restarts on half a
+    # context, README "Generate and evaluate")
+    cached = sample_tokens(model, idx, max_new_tokens=11, temperature=0, top_k=3, top_p=0.5)
+    assert torch.equal(cached, expected[:, :16])
 
 
 def test_zero_new_tokens_returns_the_prompt(model):
