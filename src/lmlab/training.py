@@ -29,8 +29,11 @@ log = logging.getLogger("lmlab")
 
 
 def build_datamodule(cfg: DictConfig):
+    """The datamodule, its data found or tokenized and checked to hold a window per split."""
     try:
-        return hydra.utils.instantiate(cfg.data)
+        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule.check_windows()
+        return datamodule
     except Exception as err:  # instantiate wraps constructor errors; report the cause alone
         cause = err.__cause__ or err
         if isinstance(cause, (ValueError, FileNotFoundError)):

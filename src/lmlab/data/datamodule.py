@@ -57,7 +57,7 @@ def tokenize_to_file(texts: list[str], tokenizer_name: str, cache_dir: Path) -> 
         key.update(hashlib.sha256(t.encode()).digest())
     digest = key.hexdigest()[:16]
     path = cache_dir / f"{tokenizer_name}-{digest}.bin"
-    if path.exists():
+    if path.exists() and cache_is_whole(path):
         return path
     enc = get_tokenizer(tokenizer_name)
     ids: list[int] = []
@@ -72,6 +72,16 @@ def tokenize_to_file(texts: list[str], tokenizer_name: str, cache_dir: Path) -> 
     path.with_suffix(".json").write_text(json.dumps(meta))
     os.replace(tmp, path)  # atomic: concurrent runs never see a half-written file
     return path
+
+
+def cache_is_whole(path: Path) -> bool:
+    """Whether a cached token file holds exactly the tokens its .json says (a file cut short by a
+    full disk or a crash, or without its .json, is not trusted: it is tokenized again)."""
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        return path.stat().st_size == meta["tokens"] * np.dtype(meta["dtype"]).itemsize
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def load_tokens(path: Path) -> np.memmap:
@@ -137,6 +147,18 @@ class TokenDataModule(L.LightningDataModule):
         self.seed, self.cache_dir, self.num_workers = seed, Path(cache_dir), num_workers
         self.token_files: dict[str, Path] = {}
         self._batches_done = 0  # restored from a checkpoint by load_state_dict
+
+    def check_windows(self) -> None:
+        """Tokenize (or find the cache) now and refuse a split shorter than one window, before
+        any model is built."""
+        self.prepare_data()
+        for split, path in self.token_files.items():
+            n = len(load_tokens(path))
+            if n <= self.context_length + 1:
+                where = f"data.path={','.join(self.paths)}" if self.paths else f"data.source={self.source}"
+                raise ValueError(f"{where}: the {split} split has {n} tokens, fewer than one window of "
+                                 f"model.context_length + 1 = {self.context_length + 1}; give more "
+                                 f"text or lower model.context_length")
 
     def documents(self) -> dict[str, str]:
         return shakespeare_plays() if self.source == "shakespeare" else text_files(self.paths)

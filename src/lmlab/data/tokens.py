@@ -114,6 +114,9 @@ class ShardDataModule(TokenDataModule):
     def prepare_data(self) -> None:  # prepared by scripts/prepare_data.py
         pass
 
+    def check_windows(self) -> None:  # done in __init__ from the manifest
+        pass
+
     def setup(self, stage: str | None = None) -> None:
         pass
 
