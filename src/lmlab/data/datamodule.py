@@ -202,9 +202,13 @@ class TokenDataModule(L.LightningDataModule):
         if n_batches < 1:
             raise ValueError(f"data.train_samples: {samples} is fewer than one global batch of "
                              f"{per_step} windows")
-        ds = WindowBatches(self.train_tokens, self.context_length, self.batch_size, n_batches,
-                           self.seed, rank, world, start=self._batches_done % n_batches)
+        ds = self.window_batches(n_batches, rank, world, start=self._batches_done % n_batches)
         return ResumableLoader(ds, num_workers=self.num_workers)
+
+    def window_batches(self, n_batches: int, rank: int, world: int, start: int) -> WindowBatches:
+        """Batches ``start .. n_batches - 1`` of this rank (random windows of the train split)."""
+        return WindowBatches(self.train_tokens, self.context_length, self.batch_size, n_batches,
+                             self.seed, rank, world, start=start)
 
     def _planned_samples(self, per_step: int) -> int:
         if not self.trainer or self.trainer.max_steps < 0:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from lmlab.data.datamodule import TokenDataModule
 from lmlab.data.manifest import check_tokenizer, read_manifest
 from lmlab.data.shards import ShardWindows
-from lmlab.data.window_stream import ResumableLoader, WindowBatches
+from lmlab.data.window_stream import WindowBatches
 
 
 def window_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -120,18 +120,10 @@ class ShardDataModule(TokenDataModule):
     def setup(self, stage: str | None = None) -> None:
         pass
 
-    def train_dataloader(self) -> DataLoader:
-        """This rank's share of the planned windows, from where a resumed checkpoint stopped."""
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        per_step = self.batch_size * world
-        samples = self.train_samples or self._planned_samples(per_step)
-        n_batches = samples // per_step
-        if n_batches < 1:
-            raise ValueError(f"data.train_samples: {samples} is fewer than one global batch of "
-                             f"{per_step} windows")
-        ds = ShardWindowBatches(self.windows["train"], self.batch_size, n_batches, self.seed, rank,
-                                world, start=self._batches_done % n_batches)
-        return ResumableLoader(ds, num_workers=self.num_workers)
+    def window_batches(self, n_batches: int, rank: int, world: int, start: int) -> ShardWindowBatches:
+        """Batches ``start .. n_batches - 1`` of this rank (shuffled windows of the train shards)."""
+        return ShardWindowBatches(self.windows["train"], self.batch_size, n_batches, self.seed, rank,
+                                  world, start=start)
 
     def _planned_samples(self, per_step: int) -> int:
         if self.trainer and self.trainer.max_steps < 0:  # trained by epochs: one pass each
