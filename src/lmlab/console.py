@@ -17,10 +17,14 @@ class _DropNoise(logging.Filter):
 
 
 def quiet_third_party() -> None:
-    """Drop Lightning's advertisement and accelerator inventory and a deprecation warning raised
-    inside Lightning's own code (lightning/pytorch/utilities/_pytree.py, about torch's LeafSpec)."""
+    """Drop Lightning's advertisement and accelerator inventory, a deprecation warning raised
+    inside Lightning's own code (lightning/pytorch/utilities/_pytree.py, about torch's LeafSpec),
+    and its caution about an IterableDataset with a length (lmlab's window streams are sized and
+    split among workers on purpose)."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # lmlab's window streams have a length and split work among loader workers themselves
+    warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
