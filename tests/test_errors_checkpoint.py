@@ -119,3 +119,20 @@ def test_every_load_in_the_source_uses_weights_only():
                 flag = kwargs.get("weights_only")
                 assert isinstance(flag, ast.Constant) and flag.value is True, f"{path}:{node.lineno}"
     assert calls >= 3  # torch.load in checkpoint.py, fit and validate in training.py
+
+
+def test_a_checkpoint_naming_a_renamed_class_still_loads(tmp_path):
+    """NoPE checkpoints written before issue 9 store `lmlab.model.position.Position`, now the
+    position interface; they load as NoPosition, the class that does what Position did."""
+    from lmlab.module import LanguageModule
+    from lmlab.model.position import NoPosition
+    from tests.conftest import TINY, model_cfg
+
+    cfg = model_cfg([*TINY, "model/position=none"])
+    module = LanguageModule(model=cfg)
+    state = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
+    state["hyper_parameters"]["model"] = {**cfg, "position": {"_target_": "lmlab.model.position.Position"}}
+    torch.save(state, tmp_path / "old.ckpt")
+    loaded = load_module(tmp_path / "old.ckpt", "cpu")
+    assert isinstance(loaded.model.position, NoPosition)
+    torch.testing.assert_close(loaded.state_dict(), module.state_dict())

@@ -42,6 +42,10 @@ def why_unreadable(err: Exception) -> str:
     return text.strip().splitlines()[0]
 
 
+# Classes renamed since checkpoints were written: the old name -> the class that does the same.
+RENAMED = {"lmlab.model.position.Position": "lmlab.model.position.NoPosition"}  # NoPE, issue 9
+
+
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """A checkpoint's contents, loaded with ``weights_only=True``, with a one-line error for a
     missing, unreadable or non-lmlab file."""
@@ -56,6 +60,9 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(model_cfg, dict):
         raise UserError(f"ckpt_path: {path} is not an lmlab checkpoint (no hyper_parameters.model)")
     check_targets(model_cfg)
+    for spec in model_cfg.values():
+        if isinstance(spec, dict) and spec.get("_target_") in RENAMED:
+            spec["_target_"] = RENAMED[spec["_target_"]]
     return ckpt
 
 
