@@ -73,24 +73,29 @@ class LanguageModule(L.LightningModule):
     def on_validation_epoch_start(self):
         self._t0 = None  # validation time is not training throughput
 
-    def validation_step(self, batch, batch_idx):
+    def _accumulate(self, batch) -> None:
+        """Add a held-out batch's cross-entropy to the running mean (validation or test)."""
         ce, _ = self._step(batch)
         self.val_loss.update(ce, weight=batch.shape[0])
 
-    def on_validation_epoch_end(self):
+    def _held_out_loss(self) -> torch.Tensor:
         loss = self.val_loss.compute()
         self.val_loss.reset()
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._accumulate(batch)
+
+    def on_validation_epoch_end(self):
+        loss = self._held_out_loss()
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/ppl", torch.exp(loss), sync_dist=False)
 
     def test_step(self, batch, batch_idx):
-        ce, _ = self._step(batch)
-        self.val_loss.update(ce, weight=batch.shape[0])
+        self._accumulate(batch)
 
     def on_test_epoch_end(self):
-        loss = self.val_loss.compute()
-        self.val_loss.reset()
-        self.log("test/loss", loss, sync_dist=False)
+        self.log("test/loss", self._held_out_loss(), sync_dist=False)
 
     def configure_optimizers(self):
         """The optimizer of ``module/optimizer`` (a ``_target_`` in lmlab.optim; AdamW when
