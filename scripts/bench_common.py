@@ -10,6 +10,21 @@ from pathlib import Path
 
 import torch
 
+
+def compose(overrides: list[str]):
+    """The train config with ``overrides``, as `python train.py OVERRIDES` composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lmlab.config import conf_dir, register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        return hydra_compose("train", overrides=overrides)
+
+
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 

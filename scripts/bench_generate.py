@@ -10,19 +10,15 @@ import time
 
 import torch
 
-from bench_common import machine
+from bench_common import compose, machine
 
 
 def lmlab_model(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from lmlab.config import conf_dir, register_resolvers
     from lmlab.model import Transformer
 
-    register_resolvers()
-    with initialize_config_dir(conf_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose(overrides)
     torch.manual_seed(0)
     return Transformer(OmegaConf.to_container(cfg.model, resolve=True)).eval()
 

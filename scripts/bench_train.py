@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from bench_common import MATMUL_FLOP, bench_times, machine, matmul
+from bench_common import MATMUL_FLOP, bench_times, compose, machine, matmul
 from lmlab.hardware import cpu_has_native_bf16
 from textbook import TextbookGPT, adamw, train_step
 
@@ -18,19 +18,6 @@ SHAPES = {  # name -> config overrides
     "6 x 384, context 256": ["model.n_layers=6", "model.d_model=384", "model.n_heads=6",
                              "model.context_length=256"],
 }
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from lmlab.config import conf_dir, register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(conf_dir(), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
 
 
 def lmlab_step(module, batch: torch.Tensor, bf16: bool):

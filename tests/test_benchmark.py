@@ -1,5 +1,7 @@
 """The benchmark sections run and print their comparisons (no timings are asserted)."""
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -29,3 +31,20 @@ def test_train_section_compares_lmlab_with_the_textbook_loop():
 def test_generate_section_compares_cache_recompute_and_transformers():
     out = benchmark("generate", *TINY_MODEL, "--new-tokens", "8", "--repeats", "1")
     assert "machine: " in out and "cached / recompute = " in out and "lmlab / transformers = " in out
+
+
+@pytest.mark.slow  # a real train.py run, then the textbook loop for as long
+def test_recipe_vs_textbook_runs_both_at_equal_wall_clock(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "LMLAB_ROOT": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "scripts/recipe_vs_textbook.py", *TINY_MODEL, "model.context_length=16",
+         "trainer.max_steps=6", "module.warmup_steps=1", "trainer.val_check_interval=3",
+         "data.val_windows=4", "data.test_windows=4", "--lrs", "1e-3", "--batches", "4",
+         "--out", str(tmp_path / "out.json")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["recipe"]["steps"] == 6 and result["seconds"] > 0
+    arm = result["textbook"][0]
+    assert arm["steps"] >= 1 and math.isfinite(arm["val_loss"]) and math.isfinite(arm["test_loss"])
+    assert "recipe better by" in out.stdout

@@ -8,7 +8,7 @@ from lmlab.budget import count_params, match_params
 from lmlab.model.transformer import Transformer
 from tests.conftest import CONF, TINY, compose_cfg, model_cfg
 
-SMALL_VOCAB = TINY + ["model.vocab_size=256", "model.d_model=64"]  # embeddings do not swamp the count
+SMALL_VOCAB = TINY + ["model=tiny", "model.vocab_size=256", "model.d_model=64"]  # embeddings do not swamp the count
 
 
 def built_count(overrides: list[str]) -> int:

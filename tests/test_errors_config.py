@@ -23,7 +23,7 @@ def refused(proc) -> str:
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model=nonexistent", "model: unknown 'nonexistent'; valid choices: gpt2, llama, mixtral, tiny"),
+    ("model=nonexistent", "model: unknown 'nonexistent'; valid choices: gpt2, llama, mixtral, tiny, tiny_llama"),
     ("model.d_model=abc", "model.d_model='abc': must be a number (like its default, 256)"),
     ("model.d_model=0", "model.d_model=0: must be an integer >= 1"),
     ("module.lr=${module.nope}", "module.lr: cannot resolve the interpolation: Interpolation key "
@@ -66,7 +66,7 @@ BAD = [
      "model.n_heads=4 is not divisible by model.attention.n_kv_heads=3"),
     (["model/ffn=moe", "model.ffn.top_k=9"], "model.ffn.top_k: 9 must be between 1 and model.ffn.n_experts=8"),
     (["model/ffn=moe", "model.ffn.top_k=0"], "model.ffn.top_k: 0 must be between 1 and model.ffn.n_experts=8"),
-    (["model.position.max_positions=8"], "model.position.max_positions=8 is shorter than model.context_length=16"),
+    (["model/position=learned", "model.position.max_positions=8"], "model.position.max_positions=8 is shorter than model.context_length=16"),
     (["model/position=rope", "model.d_model=30", "model.n_heads=2"], "model/position=rope"),
     (["model.d_model=-8"], "model.d_model=-8: must be an integer >= 1"),
     (["model.n_layers=0"], "model.n_layers=0: must be an integer >= 1"),
@@ -92,6 +92,8 @@ BAD = [
     (["sample.top_k=-5"], "sample.top_k=-5: must be an integer >= 0 or null"),
     (["sample.max_new_tokens=-1"], "sample.max_new_tokens=-1: must be an integer >= 0"),
     (["sample.prompt="], "sample.prompt='': must be non-empty text"),
+    (["trainer=fsdp", "trainer.accelerator=cpu", "module/optimizer=muon"],
+     "module/optimizer=muon with trainer=fsdp: Muon orthogonalizes whole matrices"),
     (["module.lr=${nope}"], "module.lr: cannot resolve the interpolation: Interpolation key 'nope' not found"),
     (["+x=${oc.env:LMLAB_SURELY_UNSET}"], "x: cannot resolve the interpolation"),
 ]

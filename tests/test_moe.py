@@ -218,7 +218,7 @@ def skewed_run(ffn_overrides: list[str], steps: int = 30):
     sending most tokens to experts 0 and 1; return the module and its final (layers, experts) load
     on a fixed batch."""
     torch.manual_seed(0)
-    cfg = model_cfg([*MOE_TINY, "model.ffn.score=sigmoid", "model.ffn.aux_loss_coef=0", *ffn_overrides])
+    cfg = model_cfg([*MOE_TINY, "model=tiny", "model.ffn.score=sigmoid", "model.ffn.aux_loss_coef=0", *ffn_overrides])
     module = LanguageModule(cfg, lr=3e-3, warmup_steps=1, max_steps=steps)
     v = torch.zeros(32)
     v[:4] = 1.0

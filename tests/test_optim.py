@@ -13,7 +13,7 @@ SMALL = TINY + ["model.vocab_size=64"]
 
 def module_for(optimizer: str):
     torch.manual_seed(0)
-    return build_module(compose_cfg(SMALL + [f"module/optimizer={optimizer}"]))
+    return build_module(compose_cfg(SMALL + ["model=tiny", f"module/optimizer={optimizer}"]))
 
 
 def backward_once(module):

@@ -1,5 +1,6 @@
 """Corpus preparation into lmlab token shards, and training on them (`data=tokens`)."""
 
+import csv
 import json
 import os
 import shutil
@@ -150,7 +151,9 @@ def test_train_a_few_steps_on_shards(prepared, tmp_path):
     run("train.py", *FAST, "data=tokens", f"data.path={out}", f"hydra.run.dir={tmp_path / 'r'}",
         "sample.prompt=KING:")
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert metrics["steps"] == 6 and metrics["val_loss"] < 10.8
+    vals = [float(r["val/loss"]) for r in csv.DictReader(open(tmp_path / "r" / "csv" / "metrics.csv"))
+            if r.get("val/loss")]
+    assert metrics["steps"] == 6 and vals[-1] < vals[0]  # it learns
 
 
 @pytest.mark.slow

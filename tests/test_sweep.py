@@ -234,7 +234,7 @@ def test_a_diverging_arm_fails_alone(wandb_sweep):
     sweep = wandb_sweep
     good, bad = (json.loads((j / "metrics.json").read_text()) for j in job_dirs(sweep))
     assert good["status"] == "completed" and good["steps"] == 4
-    assert bad["status"] == "failed" and bad["error"].startswith("Diverged: non-finite training loss")
+    assert bad["status"] == "failed" and bad["error"].startswith("Diverged: non-finite")
     assert "module.lr=1000000000.0" in bad["overrides"]
     report = make_report(sweep).read_text()
     rows = {r["arm"]: r for r in table_rows(report)}

@@ -32,7 +32,7 @@ EXTRA = [
     ["model/position=rope", "model.position.scaling=linear", "model.position.factor=2"],
     ["model/position=rope", "model.position.scaling=ntk", "model.position.factor=2"],
     ["model/position=rope", "model.position.scaling=yarn", "model.position.factor=4"],
-    ["model.position.max_positions=32"],
+    ["model/position=learned", "model.position.max_positions=32"],
     ["model=llama", "model/position=alibi"],
     ["model=llama", "model/attention=mqa", "model.attention.qk_norm=true", "model.attention.window=3"],
 ]
@@ -101,8 +101,8 @@ def test_llama_preset_is_gqa_rope_swiglu_rmsnorm_without_biases_untied():
 
 def test_post_norm_blocks_end_normalised_and_differ_from_pre_norm():
     torch.manual_seed(0)
-    pre = Transformer(model_cfg(SMALL))
-    post = Transformer(model_cfg(SMALL + ["model.norm_placement=post"]))
+    pre = Transformer(model_cfg(SMALL + ["model=tiny"]))  # LayerNorm
+    post = Transformer(model_cfg(SMALL + ["model=tiny", "model.norm_placement=post"]))
     post.load_state_dict(pre.state_dict(), strict=False)  # post has no final norm
     assert isinstance(post.norm, torch.nn.Identity)
     x = torch.randn(2, 8, 32)
@@ -118,7 +118,7 @@ BAD = [
     (["model=llama", "model.attention.n_kv_heads=3"], "model.n_heads=4 is not divisible by model.attention.n_kv_heads=3"),
     (["model.d_model=30"], "model.d_model=30 is not divisible by model.n_heads=4"),
     (["model/position=rope", "model.d_model=20"], "position=rope needs an even head size, got head_dim=5"),
-    (["model.position.max_positions=8"], "position.max_positions=8 is shorter than model.context_length=16"),
+    (["model/position=learned", "model.position.max_positions=8"], "position.max_positions=8 is shorter than model.context_length=16"),
     (["model.norm_placement=middle"], "model.norm_placement: unknown 'middle'; valid choices: pre, post"),
     (["model.attention.window=0"], "attention.window must be null or a positive integer, got 0"),
     (["model.attention.kernel=flash"], "attention.kernel: unknown 'flash'; valid choices: sdpa, manual"),
@@ -135,7 +135,7 @@ def test_bad_combinations_are_refused_in_one_line(overrides, message):
 
 
 def test_learned_positions_refuse_inputs_past_the_table():
-    model = Transformer(model_cfg(SMALL))
+    model = Transformer(model_cfg(SMALL + ["model/position=learned"]))
     with pytest.raises(ValueError, match="17 positions are more than the learned position table's 16 rows"):
         model(torch.zeros(1, 17, dtype=torch.long))
     caches = KVCache.for_model(model, 32)

@@ -102,6 +102,11 @@ def check_config(cfg: DictConfig) -> None:
     if warmup > steps:
         raise UserError(f"module.warmup_steps={warmup} is longer than the run (trainer.max_steps="
                         f"{steps}); use at most {steps}")
+    strategy = plain["trainer"].get("strategy")
+    if (plain["module"]["optimizer"]["_target_"].endswith(".muon") and isinstance(strategy, dict)
+            and strategy.get("_target_", "").endswith("fsdp_strategy")):
+        raise UserError("module/optimizer=muon with trainer=fsdp: Muon orthogonalizes whole matrices "
+                        "and FSDP shards them; use module/optimizer=adamw")
     sample = plain.get("sample") or {}
     if sample.get("max_new_tokens"):
         check_sampling("sample", sample["max_new_tokens"], sample.get("temperature", 1.0),
