@@ -1,7 +1,7 @@
 """Generation benchmark (`python scripts/benchmark.py generate`): tokens/s of lmlab's KV-cached
 decoding against recomputing the whole context at every step (the default model), and against
-transformers' GPT2LMHeadModel.generate() on a GPT-2 of the same size (random weights, greedy,
-use_cache=True, same batch and lengths). The contenders take turns in every round."""
+transformers' GPT2LMHeadModel.generate() on a GPT-2 of the same size as lmlab's model=tiny (random
+weights, greedy, use_cache=True, same batch and lengths). The contenders take turns in every round."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def cmd_generate(args) -> None:
     model = lmlab_model(args.overrides)
     idx = torch.randint(0, model.cfg["vocab_size"], (B, P), generator=torch.Generator().manual_seed(0))
     t = rounds({"cached": lmlab(model, idx, True), "recompute": lmlab(model, idx, False)}, args.repeats)
-    print(f"default model ({' '.join(args.overrides) or 'model=tiny'}, {model.num_params():,} "
+    print(f"default model ({' '.join(args.overrides) or 'model=tiny_llama'}, {model.num_params():,} "
           f"parameters, context {model.context_length}):")
     print(f"  lmlab, KV cache          {B * N / t['cached']:8.0f} tokens/s")
     print(f"  lmlab, recompute context {B * N / t['recompute']:8.0f} tokens/s   cached / recompute = "
@@ -73,7 +73,7 @@ def cmd_generate(args) -> None:
     # 2. against transformers, with a context that holds prompt and continuation (GPT-2's
     #    position table cannot go past n_positions)
     ctx = P + N
-    model = lmlab_model([*args.overrides, f"model.context_length={ctx}"])
+    model = lmlab_model(["model=tiny", *args.overrides, f"model.context_length={ctx}"])  # GPT-2's
     hf = hf_gpt2(model)
 
     def transformers_generate():
@@ -83,7 +83,7 @@ def cmd_generate(args) -> None:
 
     t = rounds({"lmlab": lmlab(model, idx, True), "hf": torch.no_grad()(transformers_generate)},
                args.repeats)
-    print(f"same sizes, context {ctx} (n_positions {ctx}): lmlab {model.num_params():,} "
+    print(f"model=tiny (GPT-2's architecture), context {ctx} (n_positions {ctx}): lmlab {model.num_params():,} "
           f"parameters, GPT2LMHeadModel {hf.num_parameters():,}")
     print(f"  lmlab, KV cache          {B * N / t['lmlab']:8.0f} tokens/s")
     print(f"  transformers generate()  {B * N / t['hf']:8.0f} tokens/s   lmlab / transformers = "

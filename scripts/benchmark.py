@@ -69,8 +69,9 @@ def cmd_moe(args) -> None:
 
 SECTIONS = {
     "train": (cmd_train, "lmlab's training step vs a textbook loop: tokens/s, MFU, ratio", [
-        ("overrides", dict(nargs="*", help="config overrides, e.g. model=llama model.n_layers=2 "
-                                           "(default: the default model and 6 x 384 x 256)")),
+        ("overrides", dict(nargs="*", help="config overrides on model=tiny with AdamW (the textbook's "
+                                           "architecture), e.g. model.n_layers=2 "
+                                           "(default: the default sizes and 6 x 384 x 256)")),
         ("--batch", dict(type=int, default=None, help="default: data.batch_size")),
         ("--repeats", dict(type=int, default=5)),
         ("--compile", dict(action="store_true", help="also time lmlab with model.compile=true")),

@@ -94,6 +94,8 @@ BAD = [
     (["sample.prompt="], "sample.prompt='': must be non-empty text"),
     (["trainer=fsdp", "trainer.accelerator=cpu", "module/optimizer=muon"],
      "module/optimizer=muon with trainer=fsdp: Muon orthogonalizes whole matrices"),
+    (["module.optimizer.ns_dtype=half"],
+     "module.optimizer.ns_dtype: unknown 'half'; valid choices: auto, bfloat16, float32"),
     (["module.lr=${nope}"], "module.lr: cannot resolve the interpolation: Interpolation key 'nope' not found"),
     (["+x=${oc.env:LMLAB_SURELY_UNSET}"], "x: cannot resolve the interpolation"),
 ]

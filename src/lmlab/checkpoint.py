@@ -39,7 +39,9 @@ def why_unreadable(err: Exception) -> str:
     if "zip archive" in text or isinstance(err, pickle.UnpicklingError):
         detail = text.split(". ")[0] if "zip archive" in text else "not a PyTorch file"
         return f"the file is truncated or corrupt ({detail})"
-    return text.strip().splitlines()[0]
+    # a file that is not a zip archive is read as a legacy pickle, and random bytes fail there in
+    # any of many ways (IndexError, ValueError, ...)
+    return f"the file is truncated or corrupt ({type(err).__name__}: {text.strip().splitlines()[0]})"
 
 
 # Classes renamed since checkpoints were written: the old name -> the class that does the same.

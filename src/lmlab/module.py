@@ -100,12 +100,11 @@ class LanguageModule(L.LightningModule):
     def configure_optimizers(self):
         """The optimizer of ``module/optimizer`` (a ``_target_`` in lmlab.optim; AdamW when
         none is given), linear warmup then cosine decay, stepped every optimizer step."""
-        from hydra.utils import instantiate
+        from lmlab.model.transformer import build
 
         hp = self.hparams
         spec = dict(hp.optimizer or {"_target_": "lmlab.optim.adamw"})
-        opt = instantiate(spec, model=self.model, lr=hp.lr, weight_decay=hp.weight_decay,
-                          betas=tuple(hp.betas))
+        opt = build(spec, model=self.model, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
         schedule = Schedule(hp.warmup_steps, hp.max_steps, hp.min_lr_ratio, self._anchor)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

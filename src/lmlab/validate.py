@@ -113,5 +113,9 @@ def check_config(cfg: DictConfig) -> None:
                        sample.get("top_k"), sample.get("top_p"), sample.get("prompt"))
     with torch.device("meta"):  # the constructors' own checks, without allocating the weights
         module = build_module(cfg)
+        try:
+            module.configure_optimizers()  # and the optimizer's
+        except ValueError as err:
+            raise UserError(str(err)) from None
     if cfg.get("ckpt_path"):
         check_fits(module, read_checkpoint(cfg.ckpt_path, map_location="cpu")["state_dict"])
