@@ -7,6 +7,7 @@ Sections are subcommands; to add one, write a `cmd_<name>(args)` function and re
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 from torch import nn
@@ -107,6 +108,8 @@ def main(argv=None) -> None:
             p.add_argument(flag, **kw)
         p.set_defaults(fn=fn)
     args = parser.parse_args(argv)
+    if getattr(args, "compile", False):  # no pool of compile workers left running beside the timings
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     reuse_freed_memory()  # as train.py does
     if args.threads:
         torch.set_num_threads(args.threads)
