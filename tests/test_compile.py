@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from lmlab.kv_cache import KVCache
 from lmlab.model import Transformer
 from tests.conftest import TINY, model_cfg
 
@@ -27,8 +28,8 @@ def test_compiled_loss_and_gradients_equal_eager():
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
     # decoding with a KV cache runs the blocks eagerly: the same logits
-    caches_e, caches_c = [{} for _ in eager.blocks], [{} for _ in compiled.blocks]
-    torch.testing.assert_close(compiled(batch[:, :5], caches_c).logits, eager(batch[:, :5], caches_e).logits)
+    cache_e, cache_c = KVCache.for_model(eager), KVCache.for_model(compiled)
+    torch.testing.assert_close(compiled(batch[:, :5], cache_c).logits, eager(batch[:, :5], cache_e).logits)
 
 
 def test_compile_is_off_by_default_and_keeps_the_state_dict():
