@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from bench_common import compose, machine
 from lmlab.hardware import reuse_freed_memory
+from lmlab.schedule import warmup_cosine
 from textbook import TextbookGPT, adamw, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,14 +42,6 @@ def run_recipe(overrides: list[str], run_dir: Path) -> dict:
     print(f"recipe: {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return json.loads((run_dir / "metrics.json").read_text())
-
-
-def lr_at(fraction: float, lr: float) -> float:
-    """Linear warmup over the first WARMUP of the budget, then cosine decay to lr / 10."""
-    if fraction < WARMUP:
-        return lr * fraction / WARMUP
-    progress = min(1.0, (fraction - WARMUP) / (1 - WARMUP))
-    return lr / 10 + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - lr / 10)
 
 
 @torch.no_grad()
@@ -78,7 +71,8 @@ def train_textbook(model_cfg: dict, train_tokens, lr: float, batch: int, seconds
     steps, t0 = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - t0) < seconds:
         for group in opt.param_groups:
-            group["lr"] = lr_at(elapsed / seconds, lr)
+            # lmlab's warmup + cosine to lr / 10, over milliseconds of the budget instead of steps
+            group["lr"] = lr * warmup_cosine(1000 * elapsed / seconds, 1000 * WARMUP, 1000, 0.1)
         starts = torch.randint(len(data) - T - 1, (batch,), generator=gen)  # nanoGPT's get_batch
         windows = torch.stack([data[s:s + T + 1] for s in starts.tolist()])
         loss = train_step(model, opt, windows, bf16)

@@ -103,7 +103,8 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"module.warmup_steps={warmup} is longer than the run (trainer.max_steps="
                         f"{steps}); use at most {steps}")
     strategy = plain["trainer"].get("strategy")
-    if (plain["module"]["optimizer"]["_target_"].endswith(".muon") and isinstance(strategy, dict)
+    optimizer = (plain["module"].get("optimizer") or {}).get("_target_", "")
+    if (optimizer.endswith(".muon") and isinstance(strategy, dict)
             and strategy.get("_target_", "").endswith("fsdp_strategy")):
         raise UserError("module/optimizer=muon with trainer=fsdp: Muon orthogonalizes whole matrices "
                         "and FSDP shards them; use module/optimizer=adamw")
