@@ -58,12 +58,13 @@ def test_bf16_loss_and_gradients_match_fp32(trained, text_batches):
     loss32, grad32 = loss_and_grad(trained, batch, bf16=False)
     loss16, grad16 = loss_and_grad(trained, batch, bf16=True)
     assert loss32 < 3.0  # the model did fit the batch, so the logits are large
-    # measured here: |loss diff| 2e-5, gradient relative error 0.5% (bf16 inputs to every matmul)
-    assert abs(loss16 - loss32) < 1e-3
+    # measured here: |loss diff| 2e-5 to 1.0e-3 (it depends on the fitted model: rounding logits
+    # near 10 to bf16 alone moves the loss by up to 1e-3), gradient relative error 0.5%
+    assert abs(loss16 - loss32) < 2e-3
     assert (grad16 - grad32).norm() / grad32.norm() < 0.02
-    # the bad variant is 200x further off (5e-3): this tolerance catches it
+    # the bad variant is 5e-3 off: this tolerance catches it
     bad, _ = loss_and_grad(trained, batch, bf16=True, loss_fn=bf16_log_softmax_loss)
-    assert abs(bad - loss32) > 1e-3
+    assert abs(bad - loss32) > 2e-3
 
 
 def test_a_short_bf16_run_tracks_fp32(text_batches):

@@ -10,19 +10,19 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
 from lmlab.errors import check_choice
 from lmlab.kv_cache import KVCache
+from lmlab.model.head_loss import linear_cross_entropy
 from lmlab.model.moe import MoE
 
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor | None  # (B, T, vocab); None from loss() with model.compile
+    logits: torch.Tensor | None  # (B, T, vocab); None from loss(), which never holds them
     # named, weighted auxiliary losses (MoE balancing), each summed over layers
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -41,12 +41,6 @@ def build(spec: dict, **dims):
 
 
 NORM_PLACEMENTS = ("pre", "post")
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """logits (B, T, vocab), targets (B, T) -> mean cross-entropy, the log-softmax in fp32
-    whatever the autocast."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
 class Block(nn.Module):
@@ -102,9 +96,6 @@ class Transformer(nn.Module):
         # kept outside the module tree so the state dict, and so checkpoints, are the same with
         # or without it; decoding with a KV cache runs the blocks eagerly
         self._compiled = [torch.compile(b) for b in self.blocks] if cfg.get("compile") else None
-        # and the final norm, LM head and cross-entropy compiled as one function: the fp32
-        # softmax passes over the (B*T, vocab) logits fuse (bf16 head fwd+bwd 162 -> 145 ms, CPU)
-        self._compiled_head_loss = torch.compile(self.head_loss) if cfg.get("compile") else None
 
     def _init_weights(self, m: nn.Module):
         """GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layers)."""
@@ -188,18 +179,9 @@ class Transformer(nn.Module):
         n = self.active_params() - lookups
         return 6 * n + 12 * len(self.blocks) * self.context_length * self.cfg["d_model"]
 
-    def head_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """x (B, T, C) features, targets (B, T) -> the cross-entropy of the LM head's logits; the
-        log-softmax is fp32 whatever the autocast."""
-        return cross_entropy(self.lm_head(self.norm(x)), targets)
-
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ModelOutput]:
-        """idx, targets (B, T) -> (cross-entropy, the output with its ``aux_losses``). With
-        ``model.compile`` the head and loss run as one compiled function and the output's logits
-        are None. (A chunked head + loss that overwrote bf16 logits with their gradient in place
-        measured slower per step on a 2-core EPYC: not kept.)"""
-        if self._compiled_head_loss is not None:
-            ce = self._compiled_head_loss(self.features(idx), targets)
-            return ce, ModelOutput(None, self.aux_losses())
-        out = self(idx)
-        return cross_entropy(out.logits, targets), out
+        """idx, targets (B, T) -> (mean cross-entropy, the output with its ``aux_losses`` and no
+        logits): the LM head and the loss run as one function that never holds fp32 logits
+        (``head_loss.py``), equal to ``F.cross_entropy`` on ``forward``'s logits."""
+        x = self.norm(self.features(idx))  # (B, T, C)
+        return linear_cross_entropy(x, self.lm_head.weight, targets), ModelOutput(None, self.aux_losses())

@@ -1,0 +1,98 @@
+"""The fused LM head + cross-entropy against PyTorch's own ``F.cross_entropy`` on full logits."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmlab.model import head_loss
+from lmlab.model.head_loss import linear_cross_entropy
+
+N, C, V = 48, 16, 1000
+
+
+def inputs(dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, generator=g, dtype=dtype).requires_grad_()
+    w = (torch.randn(V, C, generator=g, dtype=dtype) * 2).requires_grad_()  # large logits
+    return x, w, torch.randint(0, V, (N,), generator=g)
+
+
+def loss_and_grads(fn, x, w, y, bf16=False):
+    x, w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        loss = fn(x, w, y)
+    loss.backward()
+    return loss.detach(), x.grad, w.grad
+
+
+def reference(x, w, y):
+    return F.cross_entropy((x @ w.t()).float(), y)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Several row blocks and vocabulary chunks even at these sizes, with ragged last ones."""
+    monkeypatch.setattr(head_loss, "ROW_BYTES", 4 * V * 5)  # 5 rows at a time: 48 = 9 x 5 + 3
+    monkeypatch.setattr(head_loss, "VOCAB_CHUNK", 300)  # 1000 = 3 x 300 + 100
+
+
+def test_fp32_equals_cross_entropy_on_full_logits(small_chunks):
+    ref = loss_and_grads(reference, *inputs())
+    ours = loss_and_grads(linear_cross_entropy, *inputs())
+    assert ref[0].item() > 5  # logits far apart: a wrong log-sum-exp would show
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_equals_autocast_cross_entropy(small_chunks):
+    """Under autocast both round the logits to bf16 in the matmul and take the rest in fp32;
+    the gradients then differ only by bf16 rounding (autocast rounds the weight's gradient to
+    bf16, the fused backward accumulates it in fp32): within 1% relative."""
+    ref = loss_and_grads(reference, *inputs(), bf16=True)
+    ours = loss_and_grads(linear_cross_entropy, *inputs(), bf16=True)
+    assert ours[0].dtype == torch.float32
+    torch.testing.assert_close(ours[0], ref[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(ours[1:], ref[1:]):
+        assert a.dtype == b.dtype == torch.float32
+        assert ((a - b).norm() / b.norm()).item() < 1e-2
+
+
+def test_gradients_pass_gradcheck_in_fp64(small_chunks):
+    x, w, y = inputs(torch.float64)
+    assert torch.autograd.gradcheck(lambda x, w: linear_cross_entropy(x, w, y), (x, w))
+
+
+def test_extreme_logits_stay_finite():
+    """A target 200 nats below the best logit: its probability underflows in fp32, the loss may not."""
+    x = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    w = torch.tensor([[100.0, 0.0], [-100.0, 0.0], [0.0, 0.0]], requires_grad=True)
+    y = torch.tensor([1])
+    loss = linear_cross_entropy(x, w, y)
+    torch.testing.assert_close(loss, reference(x, w, y))
+    loss.backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
+
+
+def test_batched_features_and_a_scaled_loss():
+    """(B, T, C) features and (B, T) targets, and an upstream gradient other than 1."""
+    x, w, y = inputs()
+    xb, yb = x.detach().view(4, 12, C).requires_grad_(), y.view(4, 12)
+    (3 * linear_cross_entropy(xb, w, yb)).backward()
+    xr = x.detach().clone().requires_grad_()
+    (3 * reference(xr, w, y)).backward()
+    torch.testing.assert_close(xb.grad.view(N, C), xr.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_no_fp32_logits_are_kept_for_backward():
+    """What autograd saves: under autocast, no fp32 tensor of the logits' size (F.cross_entropy
+    keeps its fp32 log-softmax), and the bf16 logits buffer only once."""
+    x, w, y = inputs()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autocast("cpu", torch.bfloat16):
+            linear_cross_entropy(x, w, y)
+            full = [(t.dtype, t.numel()) for t in saved if t.numel() >= N * V]
+            saved.clear()
+            reference(x, w, y)
+    assert full == [(torch.bfloat16, N * V)]
+    assert (torch.float32, N * V) in [(t.dtype, t.numel()) for t in saved]  # the check can fail
