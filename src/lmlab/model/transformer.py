@@ -16,7 +16,7 @@ from torch import nn
 
 from lmlab.errors import check_choice
 from lmlab.kv_cache import KVCache
-from lmlab.model.head_loss import linear_cross_entropy
+from lmlab.model.head_loss import head_logits, linear_cross_entropy
 from lmlab.model.moe import MoE
 
 
@@ -121,7 +121,7 @@ class Transformer(nn.Module):
         x = self.features(idx, cache, pad)
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
-        logits = self.lm_head(self.norm(x))  # (B, T | 1, vocab)
+        logits = head_logits(self.norm(x), self.lm_head.weight)  # (B, T | 1, vocab)
         return ModelOutput(logits, self.aux_losses())
 
     def features(self, idx: torch.Tensor, cache: KVCache | None = None,
