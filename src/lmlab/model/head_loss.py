@@ -20,8 +20,6 @@ import torch
 
 ROW_BYTES = 1 << 22  # fp32 softmax rows handled at once: 4 MB, about a core's share of cache
 VOCAB_CHUNK = 8192   # columns of the weight gradient per matmul
-
-
 FEW_ROWS = 32  # up to this many rows, CPU fp32 logits are taken as (W @ x.T).T
 
 
