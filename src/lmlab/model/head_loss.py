@@ -55,8 +55,7 @@ def loss_and_grad_rows(logits: torch.Tensor, targets: torch.Tensor, acc: torch.d
 
 class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype,
-                rows_fn=loss_and_grad_rows):
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype):
         # x (N, C), weight (V, C), targets (N,) -> mean cross-entropy of x @ weight.T, fp32 scalar
         with torch.autocast(x.device.type, enabled=False):
             xc, wc = x.to(dtype), weight.to(dtype)
@@ -64,7 +63,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             N, V = grad.shape
             acc = torch.promote_types(dtype, torch.float32)  # fp32, or fp64 for gradcheck
             rows = max(1, ROW_BYTES // (4 * V))
-            losses = torch.cat([rows_fn(grad[i:i + rows], targets[i:i + rows], acc)
+            losses = torch.cat([loss_and_grad_rows(grad[i:i + rows], targets[i:i + rows], acc)
                                 for i in range(0, N, rows)])  # (N,)
         ctx.save_for_backward(grad, xc, wc)
         ctx.dtypes = (x.dtype, weight.dtype)
@@ -83,13 +82,11 @@ class LinearCrossEntropy(torch.autograd.Function):
             dw = torch.empty(wc.shape, dtype=w_dtype, device=wc.device)  # (V, C)
             for v in range(0, wc.shape[0], VOCAB_CHUNK):
                 dw[v:v + VOCAB_CHUNK].copy_(grad[:, v:v + VOCAB_CHUNK].t() @ xs)
-        return dx, dw, None, None, None
+        return dx, dw, None, None
 
 
-def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         rows_fn=loss_and_grad_rows) -> torch.Tensor:
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """x (..., C) features, weight (V, C), targets (...) -> the mean cross-entropy of the logits
-    x @ weight.T, as ``F.cross_entropy`` over fp32 logits rounded to the autocast dtype.
-    ``rows_fn``: ``loss_and_grad_rows`` or a compiled version of it."""
+    x @ weight.T, as ``F.cross_entropy`` over fp32 logits rounded to the autocast dtype."""
     flat = x.reshape(-1, x.shape[-1])
-    return LinearCrossEntropy.apply(flat, weight, targets.reshape(-1), compute_dtype(x), rows_fn)
+    return LinearCrossEntropy.apply(flat, weight, targets.reshape(-1), compute_dtype(x))
