@@ -11,6 +11,7 @@ import torch
 from bench_common import MATMUL_FLOP, bench_times, compose, machine, matmul
 from lmlab.hardware import cpu_has_native_bf16
 from textbook import TextbookGPT, adamw, train_step
+from textbook_process import TextbookProcess
 
 
 # The textbook loop is GPT-2 style: lmlab is timed on the same architecture (model=tiny, the
@@ -80,6 +81,9 @@ def cmd_train(args) -> None:
             steps["textbook"] = lambda: train_step(textbook, opt, batch, bf16)
             steps["matmul"] = matmul(dtype)  # the peak, timed in the same rounds as the steps
             times = bench_times(steps, args.repeats, warmup=2 if args.compile else 1)
+            alone = TextbookProcess(model_cfg, B, bf16)  # then the textbook as it runs by itself
+            times["textbook alone"] = alone.step_times(warmup=1, repeats=args.repeats)
+            alone.close()
             peak = MATMUL_FLOP / min(times.pop("matmul"))  # the best round: a peak
             t = {name: statistics.median(ts) for name, ts in times.items()}
             for step_name, s in t.items():
@@ -87,8 +91,9 @@ def cmd_train(args) -> None:
                       f"{flops / s / 1e9:7.1f} GFLOP/s  MFU {flops / s / peak:6.1%} "
                       f"(matmul peak {peak / 1e9:.0f} GFLOP/s)")
             for step_name in t:
-                if step_name != "textbook":
-                    print(f"  {name} textbook / {step_name}: {t['textbook'] / t[step_name]:.2f}x")
+                if not step_name.startswith("textbook"):
+                    print(f"  {name} textbook / {step_name}: {t['textbook'] / t[step_name]:.2f}x   "
+                          f"textbook alone / {step_name}: {t['textbook alone'] / t[step_name]:.2f}x")
             if "lmlab compiled" in t:
                 print(f"  {name} compile speed-up (lmlab / lmlab compiled): "
                       f"{t['lmlab'] / t['lmlab compiled']:.2f}x")

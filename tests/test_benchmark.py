@@ -25,6 +25,7 @@ def benchmark(*args):
 def test_train_section_compares_lmlab_with_the_textbook_loop():
     out = benchmark("train", *TINY_MODEL, "model.context_length=16", "--repeats", "1")
     assert out.startswith("machine: ") and "fp32 textbook / lmlab:" in out and "MFU" in out
+    assert "fp32 textbook alone " in out and "textbook alone / lmlab:" in out  # its own process
 
 
 @pytest.mark.slow
