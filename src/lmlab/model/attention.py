@@ -19,6 +19,7 @@ from torch import nn
 
 from lmlab.errors import check_choice
 from lmlab.kv_cache import LayerKV
+from lmlab.model.linear import Linear
 from lmlab.model.norm import RMSNorm
 from lmlab.model.position import Position
 
@@ -53,10 +54,10 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, eps=qk_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, eps=qk_norm_eps) if qk_norm else None
         qkv_bias = bias if qkv_bias is None else qkv_bias
-        self.q = nn.Linear(d_model, n_heads * self.head_dim, bias=qkv_bias)
-        self.k = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=qkv_bias)
-        self.v = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=qkv_bias)
-        self.proj = nn.Linear(d_model, d_model, bias=bias)
+        self.q = Linear(d_model, n_heads * self.head_dim, bias=qkv_bias)
+        self.k = Linear(d_model, n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v = Linear(d_model, n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.proj = Linear(d_model, d_model, bias=bias)
         self.proj.residual_out = True
         self.resid_drop = nn.Dropout(dropout)
 

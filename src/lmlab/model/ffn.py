@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.errors import check_choice
+from lmlab.model.linear import Linear
 
 
 class DenseFFN(nn.Module):
@@ -29,9 +30,9 @@ class DenseFFN(nn.Module):
         acts = {"gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"), "relu": nn.ReLU()}
         check_choice("model.ffn.activation", activation, acts)
         hidden = hidden_dim or int(hidden_mult * d_model)
-        self.fc = nn.Linear(d_model, hidden, bias=bias)
+        self.fc = Linear(d_model, hidden, bias=bias)
         self.act, self.act_name = acts[activation], activation
-        self.proj = nn.Linear(hidden, d_model, bias=bias)
+        self.proj = Linear(hidden, d_model, bias=bias)
         self.proj.residual_out = True  # scaled init, see Transformer._init_weights
         self.drop = nn.Dropout(dropout)
 
@@ -58,9 +59,9 @@ class SwiGLU(nn.Module):
     ):
         super().__init__()
         hidden = hidden_dim or swiglu_hidden(d_model, multiple_of)
-        self.gate = nn.Linear(d_model, hidden, bias=bias)
-        self.up = nn.Linear(d_model, hidden, bias=bias)
-        self.down = nn.Linear(hidden, d_model, bias=bias)
+        self.gate = Linear(d_model, hidden, bias=bias)
+        self.up = Linear(d_model, hidden, bias=bias)
+        self.down = Linear(hidden, d_model, bias=bias)
         self.down.residual_out = True
         self.drop = nn.Dropout(dropout)
 

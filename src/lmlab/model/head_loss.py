@@ -1,5 +1,4 @@
-"""The LM head: its logits for decoding, and the head with cross-entropy as one autograd function
-that never holds fp32 logits.
+"""The LM head with cross-entropy as one autograd function that never holds fp32 logits.
 
 ``F.cross_entropy(x @ W.T)`` keeps the logits for backward and, under autocast, an fp32 copy and
 an fp32 log-softmax of them: at 1024 tokens x 50,257 words that is 600 MB of memory-bound passes
@@ -18,28 +17,10 @@ from __future__ import annotations
 
 import torch
 
+from lmlab.model.linear import compute_dtype
+
 ROW_BYTES = 1 << 22  # fp32 softmax rows handled at once: 4 MB, about a core's share of cache
 VOCAB_CHUNK = 8192   # columns of the weight gradient per matmul
-FEW_ROWS = 32  # up to this many rows, CPU fp32 logits are taken as (W @ x.T).T
-
-
-def head_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (..., C), weight (V, C) -> logits x @ weight.T (..., V). On CPU in fp32 with a few rows
-    (decoding), the product is taken as weight @ x.T: MKL streams the 50,257 x C weight through
-    that GEMM at several times the speed of x @ weight.T, and of its GEMV for a single row, which
-    is why one row is computed as two (2-core EPYC, C=256: 1 row 3.9 -> 1.2 ms, 8 rows 5.6 -> 2.8 ms;
-    bf16 and more rows go the usual way, which is faster there)."""
-    rows = x.reshape(-1, x.shape[-1])  # (N, C)
-    if x.device.type != "cpu" or compute_dtype(x) != torch.float32 or len(rows) > FEW_ROWS:
-        return x @ weight.t()
-    pair = rows.repeat(2, 1) if len(rows) == 1 else rows  # (max(N, 2), C); not a stride-0 view
-    return (weight @ pair.t()).t()[: len(rows)].reshape(*x.shape[:-1], -1)
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype autocast would run the head's matmul in, or x's own outside autocast."""
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def loss_and_grad_rows(logits: torch.Tensor, targets: torch.Tensor, acc: torch.dtype) -> torch.Tensor:

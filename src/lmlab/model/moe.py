@@ -35,6 +35,7 @@ from torch import nn
 
 from lmlab.errors import check_choice
 from lmlab.model.ffn import DenseFFN, SwiGLU, swiglu_hidden
+from lmlab.model.linear import Linear
 
 EXPERTS = ("gelu", "swiglu")
 SCORES = ("softmax", "sigmoid")
@@ -89,7 +90,7 @@ class MoE(nn.Module):
         self.aux_loss_coef, self.z_loss_coef = aux_loss_coef, z_loss_coef
         self.bias_update_rate = bias_update_rate
 
-        self.router = nn.Linear(d_model, n_experts, bias=False)
+        self.router = Linear(d_model, n_experts, bias=False)
         # DeepSeek-V3 selection bias: moved by update_bias(), never trained by gradients.
         self.register_buffer("expert_bias", torch.zeros(n_experts))
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from lmlab.errors import check_choice
 from lmlab.kv_cache import KVCache
-from lmlab.model.head_loss import head_logits, linear_cross_entropy
+from lmlab.model.head_loss import linear_cross_entropy
+from lmlab.model.linear import Linear
 from lmlab.model.moe import MoE
 
 
@@ -88,7 +89,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, dims) for _ in range(cfg["n_layers"]))
         # post-norm blocks end normalised already; pre-norm needs a final norm before the head
         self.norm = build(cfg["norm"], d_model=d) if placement == "pre" else nn.Identity()
-        self.lm_head = nn.Linear(d, cfg["vocab_size"], bias=False)
+        self.lm_head = Linear(d, cfg["vocab_size"], bias=False)
         if cfg.get("tie_weights", False):
             self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
@@ -121,7 +122,7 @@ class Transformer(nn.Module):
         x = self.features(idx, cache, pad)
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
-        logits = head_logits(self.norm(x), self.lm_head.weight)  # (B, T | 1, vocab)
+        logits = self.lm_head(self.norm(x))  # (B, T | 1, vocab)
         return ModelOutput(logits, self.aux_losses())
 
     def features(self, idx: torch.Tensor, cache: KVCache | None = None,
