@@ -1,10 +1,12 @@
-"""model.compile=true: torch.compile of each block, same loss and the same checkpoints as eager."""
+"""model.compile=true: torch.compile of each block and of the decoding step; the same loss, the
+same tokens and the same checkpoints as eager."""
 
 import pytest
 import torch
 
 from lmlab.kv_cache import KVCache
 from lmlab.model import Transformer
+from lmlab.sampling import stream_tokens
 from tests.conftest import TINY, model_cfg
 
 SMALL = TINY + ["model.vocab_size=64"]
@@ -27,7 +29,7 @@ def test_compiled_loss_and_gradients_equal_eager():
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
-    # decoding with a KV cache runs the blocks eagerly: the same logits
+    # a prompt with a KV cache runs the blocks eagerly: the same logits
     cache_e, cache_c = KVCache.for_model(eager), KVCache.for_model(compiled)
     torch.testing.assert_close(compiled(batch[:, :5], cache_c).logits, eager(batch[:, :5], cache_e).logits)
 
@@ -36,3 +38,28 @@ def test_compile_is_off_by_default_and_keeps_the_state_dict():
     assert Transformer(model_cfg(SMALL))._compiled is None
     m = Transformer(model_cfg(SMALL + ["model.compile=true"]))  # compiles lazily, on first call
     assert m._compiled is not None and not any("_orig_mod" in k for k in m.state_dict())
+
+
+def test_compiled_decoding_generates_the_eager_tokens():
+    """Decoding steps run one compiled step over a static cache: greedy tokens equal eager ones
+    for a batch of prompts of different lengths, past the context (the cache restarts), with
+    the step compiled once per kind of batch, not once per step."""
+    torch.manual_seed(0)
+    eager = Transformer(model_cfg(SMALL + ["model/position=rope", "model/attention=gqa"])).eval()
+    compiled = Transformer(model_cfg(SMALL + ["model/position=rope", "model/attention=gqa",
+                                               "model.compile=true"])).eval()
+    compiled.load_state_dict(eager.state_dict())
+    assert compiled.compiled_decoding and KVCache.for_model(compiled).static
+    assert not eager.compiled_decoding and not KVCache.for_model(eager).static
+    calls = []
+    step = compiled._compiled_step
+    compiled._compiled_step = lambda *a: calls.append(1) or step(*a)
+    torch._dynamo.utils.counters.clear()
+    g = torch.Generator().manual_seed(0)
+    padded = [torch.randint(0, 64, (n,), generator=g).tolist() for n in (3, 5)]
+    single = [torch.randint(0, 64, (4,), generator=g).tolist()]
+    for prompts in (padded, single):  # context 16, 24 new tokens: the cache restarts
+        got = list(stream_tokens(compiled, prompts, 24, temperature=0))
+        assert got == list(stream_tokens(eager, prompts, 24, temperature=0)), prompts
+    assert len(calls) >= 40  # the compiled step ran the single-token steps
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 4

@@ -151,3 +151,29 @@ def test_kv_cache_buffers_are_allocated_once():
         assert [(la.k.data_ptr(), la.v.data_ptr()) for la in cache.layers] == ptrs
         with pytest.raises(ValueError, match="KV cache full"):
             model(idx[:, :9], cache)
+
+
+def test_a_static_cache_gives_the_logits_of_the_growing_one():
+    """The static cache (compiled decoding's: whole buffers, empty slots masked) against the
+    growing views, step by step: padded prompts, single-token steps, and a restart after reset."""
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 97, (n,), generator=g).tolist() for n in (3, 6)]
+    variants = [["model/position=learned"], ["model/position=rope", "model/attention=gqa"],
+                ["model/position=alibi", "model.attention.window=4"], ["model/position=sinusoidal"]]
+    for extra in variants:
+        model = tiny_model(*extra)
+        growing, static = KVCache.for_model(model), KVCache(len(model.blocks), 16, static=True)
+        assert not growing.static
+        idx, pad = left_pad(prompts, "cpu")
+        steps = [(idx, pad)] + [(torch.randint(0, 97, (2, 1), generator=g), None) for _ in range(5)]
+        steps += [("reset", None), (torch.randint(0, 97, (2, 4), generator=g), None)]
+        steps += [(torch.randint(0, 97, (2, 1), generator=g), None) for _ in range(3)]
+        with torch.no_grad():
+            for ids, p in steps:
+                if isinstance(ids, str):
+                    growing.reset(), static.reset()
+                    continue
+                want = model(ids, growing, p).logits
+                torch.testing.assert_close(model(ids, static, p).logits, want, atol=1e-5, rtol=1e-5,
+                                           msg=lambda m: f"{extra}: {m}")
+        assert static.layers[0].k.shape[2] == 16 and len(static) == len(growing) == 7

@@ -95,8 +95,10 @@ class Transformer(nn.Module):
         self.apply(self._init_weights)
         # model.compile: each block compiled on its own (identical blocks share one compilation),
         # kept outside the module tree so the state dict, and so checkpoints, are the same with
-        # or without it; decoding with a KV cache runs the blocks eagerly
+        # or without it; a decoding step (one new token per row) is compiled whole, over a static
+        # KV cache (kv_cache.py), so that one compilation serves every step
         self._compiled = [torch.compile(b) for b in self.blocks] if cfg.get("compile") else None
+        self._compiled_step = torch.compile(self.decoding_step, dynamic=False) if cfg.get("compile") else None
 
     def _init_weights(self, m: nn.Module):
         """GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layers)."""
@@ -119,15 +121,21 @@ class Transformer(nn.Module):
         only with ``last_only``. With a ``cache``, keys and values are kept for the next call and
         positions continue after them. ``pad`` (B, T): True at left-padding tokens (a batch of
         prompts of different lengths): they take no position and no token attends to them."""
-        x = self.features(idx, cache, pad)
-        if last_only:
-            x = x[:, -1:]  # (B, 1, C)
-        logits = self.lm_head(self.norm(x))  # (B, T | 1, vocab)
+        x, pos, real = self.embed(idx, cache, pad)
+        if self._compiled_step is not None and cache is not None and cache.static and idx.shape[1] == 1:
+            logits = self._compiled_step(x, pos, cache)  # a decoding step: (B, 1, vocab)
+        else:
+            x = self.run_blocks(x, pos, cache, real)
+            logits = self.lm_head(self.norm(x[:, -1:] if last_only else x))  # (B, T | 1, vocab)
         return ModelOutput(logits, self.aux_losses())
 
-    def features(self, idx: torch.Tensor, cache: KVCache | None = None,
-                 pad: torch.Tensor | None = None) -> torch.Tensor:
-        """idx (B, T) -> the last block's output (B, T, C), before the final norm (see forward)."""
+    def features(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) -> the last block's output (B, T, C), before the final norm (see loss)."""
+        return self.run_blocks(*self.embed(idx))
+
+    def embed(self, idx: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None):
+        """idx (B, T) -> (the blocks' input (B, T, C), positions (T,) or (B, T), ``real`` (B, T):
+        False at padding, or None). With a cache, the tokens' slots are claimed in it."""
         B, T = idx.shape
         real = None
         if cache is not None:
@@ -142,11 +150,28 @@ class Transformer(nn.Module):
         self.position.check_positions(end)
         if cache is not None:
             cache.claim(B, pos, pad)
-        x = self.drop(self.position.embed(self.tok_emb(idx), pos))  # (B, T, C)
-        compiled = self._compiled and cache is None and pad is None  # decoding stays eager
+        return self.drop(self.position.embed(self.tok_emb(idx), pos)), pos, real  # (B, T, C)
+
+    def run_blocks(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache | None = None,
+                   real: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) at ``pos`` through every block (compiled ones, with model.compile, unless
+        decoding or padded) -> (B, T, C)."""
+        compiled = self._compiled and cache is None and real is None
         for i, block in enumerate(self._compiled if compiled else self.blocks):
             x = block(x, self.position, pos, cache.layers[i] if cache is not None else None, real)
         return x
+
+    def decoding_step(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One new token per row: x (B, 1, C) at ``pos`` through the blocks with their static
+        cache, the final norm and the head -> logits (B, 1, vocab). Compiled with model.compile."""
+        for block, layer in zip(self.blocks, cache.layers):
+            x = block(x, self.position, pos, layer)
+        return self.lm_head(self.norm(x))
+
+    @property
+    def compiled_decoding(self) -> bool:
+        """Whether decoding steps run compiled (model.compile), which needs a static KV cache."""
+        return self._compiled_step is not None
 
     # ---- mixture-of-experts layers -------------------------------------------------------
     def moe_layers(self) -> list[MoE]:
