@@ -32,6 +32,7 @@ def test_train_section_compares_lmlab_with_the_textbook_loop():
 def test_generate_section_compares_cache_recompute_and_transformers():
     out = benchmark("generate", *TINY_MODEL, "--new-tokens", "8", "--repeats", "1")
     assert "machine: " in out and "cached / recompute = " in out and "lmlab / transformers = " in out
+    assert "KV cache compiled" in out and ", compiled " in out
 
 
 @pytest.mark.slow  # a real train.py run, then the textbook loop for as long
