@@ -1,25 +1,16 @@
-"""Mixture of experts: dispatch equals a plain loop, the aux loss matches Hugging Face's, balancing
-works, and a MoE model trains through the real CLI with its routing logged."""
+"""Mixture of experts: dispatch equals a plain loop, the aux loss matches Hugging Face's, the
+presets (balancing and training end to end: test_moe_training.py)."""
 
 from __future__ import annotations
 
-import csv
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-import torch.nn.functional as F
 
-from lmlab.callbacks import RoutingMonitor
 from lmlab.model import Transformer
 from lmlab.model.moe import MoE
-from lmlab.module import LanguageModule
-from tests.conftest import ROOT, TINY, model_cfg
+from tests.conftest import TINY, model_cfg
 
 MOE_TINY = ["model/ffn=moe", "model.vocab_size=256", *TINY]
 
@@ -210,78 +201,3 @@ def test_mixtral_preset():
     assert type(model.norm).__name__ == "RMSNorm"
     out = model(torch.randint(0, 256, (2, 16)))
     assert out.logits.shape == (2, 16, 256) and "moe_aux" in out.aux_losses
-
-
-# ---- 3. balancing changes the load; training end to end -------------------------------------
-def skewed_run(ffn_overrides: list[str], steps: int = 30):
-    """Train a tiny MoE LM (sigmoid router scores, as DeepSeek-V3) whose routers start out
-    sending most tokens to experts 0 and 1; return the module and its final (layers, experts) load
-    on a fixed batch."""
-    torch.manual_seed(0)
-    cfg = model_cfg([*MOE_TINY, "model=tiny", "model.ffn.score=sigmoid", "model.ffn.aux_loss_coef=0", *ffn_overrides])
-    module = LanguageModule(cfg, lr=3e-3, warmup_steps=1, max_steps=steps)
-    v = torch.zeros(32)
-    v[:4] = 1.0
-    with torch.no_grad():
-        for block in module.model.blocks:
-            block.norm2.bias.copy_(v)  # every token's FFN input leans along v ...
-            block.ffn.router.weight.normal_(0, 0.2)
-            block.ffn.router.weight[:2] += 0.5 * v  # ... which experts 0 and 1 favour
-    data = torch.randint(0, 256, (steps * 8, 17))
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[RoutingMonitor(every_n_steps=0, heatmap=False)])
-    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
-    with torch.no_grad():
-        module.model(data[:32, :-1])
-    return module, RoutingMonitor.load_matrix(module.model)
-
-
-def test_balancing_spreads_a_skewed_router():
-    spread, modules = {}, {}
-    for name, overrides in [("none", []), ("aux", ["model.ffn.aux_loss_coef=0.1"]),
-                            ("loss_free", ["model.ffn.bias_update_rate=0.02"])]:
-        modules[name], load = skewed_run(overrides)
-        spread[name] = (load.max(-1).values / load.mean(-1)).mean().item()  # 1 uniform, 4 worst
-    assert spread["none"] > 3, spread  # without balancing the skew holds
-    assert spread["aux"] < 2, spread
-    assert spread["loss_free"] < 2, spread
-    # the loss-free run balanced through its selection bias, moved after each optimizer step
-    bias = modules["loss_free"].model.blocks[0].ffn.expert_bias
-    assert bias[:2].max() < 0 < bias[2:].max()
-    assert not modules["none"].model.blocks[0].ffn.expert_bias.any()
-
-
-def test_train_cli_logs_moe_losses_and_routing(tmp_path, cache_dir):
-    run_dir = tmp_path / "run"
-    cmd = [
-        sys.executable, "train.py", "model/ffn=moe", "model.n_layers=2", "model.d_model=32",
-        "model.n_heads=2", "model.context_length=16", "data.batch_size=4", "trainer.max_steps=6", "module.warmup_steps=2",
-        "trainer.val_check_interval=3", "data.val_windows=4", "sample.max_new_tokens=5",
-        "trainer.log_every_n_steps=2", "callbacks.routing.every_n_steps=3", "logger=csv",
-        f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache_dir}",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    aux = [float(r["train/moe_aux"]) for r in rows if r.get("train/moe_aux")]
-    assert aux and all(0 < a < 1 for a in aux)  # 2 layers x 0.01 x ~1
-    load = [[float(r[f"routing/layer1/expert{e}"]) for e in range(8)]
-            for r in rows if r.get("routing/layer1/expert0")]
-    assert len(load) == 2 and all(sum(row) == pytest.approx(1) for row in load)  # steps 3 and 6
-    assert any(r.get("routing/layer0/entropy") for r in rows)
-    assert sorted(p.name for p in (run_dir / "routing").glob("*.png")) == [
-        "load_step000003.png", "load_step000006.png"]
-    assert "active per token" in (run_dir / "train.log").read_text()
-
-
-# ---- 4. the benchmark runs ------------------------------------------------------------------
-def test_benchmark_moe_section_prints_ratios():
-    cmd = [sys.executable, "scripts/benchmark.py", "--threads", "1", "moe", "--tokens", "256",
-           "--d-model", "32", "--repeats", "1"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "naive / moe =" in out.stdout and "moe / dense =" in out.stdout
