@@ -177,3 +177,15 @@ def test_a_static_cache_gives_the_logits_of_the_growing_one():
                 torch.testing.assert_close(model(ids, static, p).logits, want, atol=1e-5, rtol=1e-5,
                                            msg=lambda m: f"{extra}: {m}")
         assert static.layers[0].k.shape[2] == 16 and len(static) == len(growing) == 7
+
+
+def test_a_static_caches_empty_slots_are_finite():
+    """Attention reads a static cache's empty slots under a -inf mask, and 0 * nan is nan: the
+    buffers must start finite, whatever memory the allocator hands back (here: freed nan)."""
+    for _ in range(50):
+        poison = [torch.full((1, 1, 4, 2), float("nan")) for _ in range(2)]
+        del poison  # freed: the allocator may hand this memory to the cache's buffers
+        cache = KVCache(1, 4, static=True)
+        cache.claim(1, torch.tensor([0]), None)
+        cache.layers[0].write(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
+        assert torch.isfinite(cache.layers[0].k).all() and torch.isfinite(cache.layers[0].v).all()

@@ -30,9 +30,10 @@ class LayerKV:
         """Store k, v (B, nkv, T, hs) in the slots the current forward claimed; return the keys
         and values of all filled slots, (B, nkv, S, hs) views of the buffers."""
         B, nkv, T, hs = k.shape
-        if self.k is None:
-            self.k = k.new_empty(B, nkv, self.slots.max_len, hs)
-            self.v = v.new_empty(B, nkv, self.slots.max_len, hs)
+        if self.k is None:  # zeros: a static cache's attention reads the empty slots too, and
+            # a masked key or value must still be finite (0 * nan is nan)
+            self.k = k.new_zeros(B, nkv, self.slots.max_len, hs)
+            self.v = v.new_zeros(B, nkv, self.slots.max_len, hs)
         if self.slots.static:  # the claimed slots' indices as a tensor; all max_len slots back
             self.k.index_copy_(2, self.slots.slot_ids, k)
             self.v.index_copy_(2, self.slots.slot_ids, v)
