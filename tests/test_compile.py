@@ -40,14 +40,19 @@ def test_compile_is_off_by_default_and_keeps_the_state_dict():
     assert m._compiled is not None and not any("_orig_mod" in k for k in m.state_dict())
 
 
-def test_compiled_decoding_generates_the_eager_tokens():
+@pytest.mark.parametrize("variant,max_graphs", [
+    (["model/position=rope", "model/attention=gqa"], 4),
+    # MoE dispatch is data-dependent: the graph breaks around it, more graphs, the same tokens
+    (["model/ffn=moe", "model/position=alibi", "model.attention.window=4"], 24),
+])
+def test_compiled_decoding_generates_the_eager_tokens(variant, max_graphs):
     """Decoding steps run one compiled step over a static cache: greedy tokens equal eager ones
     for a batch of prompts of different lengths, past the context (the cache restarts), with
     the step compiled once per kind of batch, not once per step."""
+    torch._dynamo.reset()
     torch.manual_seed(0)
-    eager = Transformer(model_cfg(SMALL + ["model/position=rope", "model/attention=gqa"])).eval()
-    compiled = Transformer(model_cfg(SMALL + ["model/position=rope", "model/attention=gqa",
-                                               "model.compile=true"])).eval()
+    eager = Transformer(model_cfg(SMALL + variant)).eval()
+    compiled = Transformer(model_cfg(SMALL + variant + ["model.compile=true"])).eval()
     compiled.load_state_dict(eager.state_dict())
     assert compiled.compiled_decoding and KVCache.for_model(compiled).static
     assert not eager.compiled_decoding and not KVCache.for_model(eager).static
@@ -62,4 +67,4 @@ def test_compiled_decoding_generates_the_eager_tokens():
         got = list(stream_tokens(compiled, prompts, 24, temperature=0))
         assert got == list(stream_tokens(eager, prompts, 24, temperature=0)), prompts
     assert len(calls) >= 40  # the compiled step ran the single-token steps
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 4
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= max_graphs
