@@ -5,9 +5,9 @@ shares lmlab's allocator setting (``lmlab.hardware.reuse_freed_memory``, which t
 that ratio measures the step's code alone. A user who runs a nanoGPT-style script gets glibc's
 defaults instead, under which every step maps its large buffers (the full logits) afresh and
 page-faults them in; this process is that baseline. Its steps run back to back, as in a real
-training run, right after the interleaved rounds: taking turns with the other steps would leave
-its freed memory idle between steps, and a virtual machine that hands idle free pages back to
-its host makes the faults far dearer than a training run sees them.
+training run, right after the interleaved rounds: taking turns with the other steps made them
+2.7x slower still on a 2-core virtual machine (bf16, default sizes), more than a training run
+pays, and slowed the other steps' matmuls too (freed memory going back to the host, we suppose).
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ class TextbookProcess:
         """Seconds of each of ``repeats`` steps, run back to back after ``warmup`` steps."""
         self.child.stdin.write(f"{warmup} {repeats}\n")
         self.child.stdin.flush()
-        return [float(t) for t in self.child.stdout.readline().split()]
+        times = [float(t) for t in self.child.stdout.readline().split()]
+        if len(times) != repeats:
+            raise RuntimeError(f"textbook process: no step times (exit {self.child.poll()})")
+        return times
 
     def close(self) -> None:
         self.child.stdin.close()

@@ -28,7 +28,8 @@ class LayerKV:
 
     def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nkv, T, hs) in the slots the current forward claimed; return the keys
-        and values of all filled slots, (B, nkv, S, hs) views of the buffers."""
+        and values of all filled slots, (B, nkv, S, hs) views of the buffers (a static cache:
+        the whole buffers, S = max_len)."""
         B, nkv, T, hs = k.shape
         if self.k is None:  # zeros: a static cache's attention reads the empty slots too, and
             # a masked key or value must still be finite (0 * nan is nan)
