@@ -68,3 +68,19 @@ def test_compiled_decoding_generates_the_eager_tokens(variant, max_graphs):
         assert got == list(stream_tokens(eager, prompts, 24, temperature=0)), prompts
     assert len(calls) >= 40  # the compiled step ran the single-token steps
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= max_graphs
+
+
+@pytest.mark.parametrize("compile", [None, True, False])
+def test_a_checkpoint_loads_compiled_or_not_on_request(compile, tmp_path):
+    """generate.py's ``compile``: null keeps the checkpoint's model.compile (here true), true or
+    false replaces it; the weights are the checkpoint's either way."""
+    from lmlab.checkpoint import load_module
+    from lmlab.module import LanguageModule
+
+    trained = LanguageModule(model=model_cfg(SMALL + ["model.compile=true"]))
+    path = tmp_path / "m.ckpt"
+    torch.save({"hyper_parameters": dict(trained.hparams), "state_dict": trained.state_dict()}, path)
+    loaded = load_module(path, "cpu", compile=compile).model
+    assert loaded.compiled_decoding is (compile is not False)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key.removeprefix("model.")], value), key

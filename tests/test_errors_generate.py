@@ -23,12 +23,31 @@ from tests.test_train_cli import run
     ("prompt=", "prompt='': must be non-empty text (prompt='<|endoftext|>' samples unconditionally)"),
     ("top_p=1.5", "top_p=1.5: must be in (0, 1] or null (no nucleus filter)"),
     ("num_samples=0", "num_samples=0: must be an integer >= 1"),
+    ("compile=maybe", "compile: unknown 'maybe'; valid choices: true, false, null"),
 ])
 def test_generate_py_refuses_before_loading_the_checkpoint(override, message, tmp_path):
     # the checkpoint does not exist: the arguments are checked first, in one line
     proc = run("generate.py", f"ckpt_path={tmp_path / 'none.ckpt'}", override,
                f"hydra.run.dir={tmp_path / 'g'}", check=False)
     assert refused(proc) == f"lmlab: error: {message}"
+
+
+@pytest.mark.parametrize("script, key, suggestion", [
+    ("generate.py", "comple=true", "compile"), ("evaluate.py", "splt=val", "split")])
+def test_a_misspelt_key_is_refused_in_one_line(script, key, suggestion, tmp_path):
+    proc = run(script, f"ckpt_path={tmp_path / 'none.ckpt'}", key, check=False)
+    name = key.split("=")[0]
+    assert refused(proc).startswith(f"lmlab: error: unknown config key '{name}'; did you mean "
+                                    f"'{suggestion}'?")
+
+
+@pytest.mark.parametrize("script, options", [
+    ("generate.py", ["compile: null", "max_new_tokens: 200", "top_p: null"]),
+    ("evaluate.py", ["extrapolate=[1]", "split=auto"])])
+def test_help_describes_the_script_itself(script, options):
+    out = run(script, "--help").stdout
+    assert f"python {script} ckpt_path=PATH" in out and "python train.py" not in out
+    assert all(option in out for option in options), out
 
 
 @pytest.mark.parametrize("kwargs, message", [

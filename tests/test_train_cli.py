@@ -80,6 +80,10 @@ def test_generate_and_evaluate_from_the_checkpoint(trained, tmp_path):
     gen = run("generate.py", f"ckpt_path={ckpt}", "prompt=JULIET:", "max_new_tokens=5",
               "temperature=0", f"hydra.run.dir={tmp_path / 'g'}")
     assert "JULIET:" in gen.stdout and (tmp_path / "g" / "samples.txt").exists()
+    # compiled decoding of a checkpoint trained without it: the same greedy text
+    compiled = run("generate.py", f"ckpt_path={ckpt}", "prompt=JULIET:", "max_new_tokens=5",
+                   "temperature=0", "compile=true", f"hydra.run.dir={tmp_path / 'c'}")
+    assert compiled.stdout == gen.stdout
     batch = run("generate.py", f"ckpt_path={ckpt}", "prompts=['JULIET:','ROMEO:']", "num_samples=2",
                 "max_new_tokens=5", "stop=['\\n\\n']", f"hydra.run.dir={tmp_path / 'b'}")
     assert "sample 4/4 -----\nROMEO:" in batch.stdout and "sample 1/4 -----\nJULIET:" in batch.stdout

@@ -86,15 +86,19 @@ def check_fits(module: torch.nn.Module, state_dict: dict) -> None:
         raise UserError(f"checkpoint does not fit the model: {'; '.join(parts)}")
 
 
-def load_module(path: str | Path, device: str = "auto"):
-    """A trained LanguageModule in eval mode, from a Lightning checkpoint lmlab wrote."""
+def load_module(path: str | Path, device: str = "auto", compile: bool | None = None):
+    """A trained LanguageModule in eval mode, from a Lightning checkpoint lmlab wrote; with
+    ``compile`` true or false, its ``model.compile`` replaced (the weights are the same either way)."""
     from lmlab.module import LanguageModule
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     ckpt = read_checkpoint(path, map_location=device)
+    hparams = ckpt["hyper_parameters"]
+    if compile is not None:
+        hparams = {**hparams, "model": {**hparams["model"], "compile": compile}}
     try:
-        module = LanguageModule(**ckpt["hyper_parameters"])
+        module = LanguageModule(**hparams)
     except (ValueError, TypeError) as err:
         raise UserError(f"ckpt_path: {path}: its stored model config cannot be built: {err}") from None
     check_fits(module, ckpt["state_dict"])

@@ -16,7 +16,7 @@ from lmlab.checkpoint import load_module
 from lmlab.resume import CheckpointSaveError
 from lmlab.config import conf_dir, register_resolvers
 from lmlab.console import quiet_third_party
-from lmlab.errors import UserError, exit_with
+from lmlab.errors import UserError, check_choice, exit_with
 from lmlab.evaluation import score, summary
 from lmlab.hardware import reuse_freed_memory
 from lmlab.overrides import check_argv, finished_run_message
@@ -51,14 +51,18 @@ def train() -> None:
 
 
 def generate() -> None:
-    """``python generate.py ckpt_path=... [overrides]``."""
+    """``python generate.py ckpt_path=... [overrides]``; a misspelt key is refused in one line."""
     register_resolvers()
+    if (err := check_argv(CONF_DIR, "generate", sys.argv[1:])) is not None:
+        exit_with(err)
     _generate()
 
 
 def evaluate() -> None:
-    """``python evaluate.py ckpt_path=... [overrides]``."""
+    """``python evaluate.py ckpt_path=... [overrides]``; a misspelt key is refused in one line."""
     register_resolvers()
+    if (err := check_argv(CONF_DIR, "evaluate", sys.argv[1:])) is not None:
+        exit_with(err)
     _evaluate()
 
 
@@ -71,8 +75,9 @@ def _generate(cfg: DictConfig) -> None:
         for prompt in prompts:
             check_sampling("", cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, prompt)
         check_value("num_samples", cfg.num_samples, 1, True, False)
-        module = load_module(cfg.ckpt_path, cfg.device)
-    except UserError as err:
+        check_choice("compile", cfg.compile, (True, False, None))
+        module = load_module(cfg.ckpt_path, cfg.device, compile=cfg.compile)
+    except (UserError, ValueError) as err:
         exit_with(err)
     live = cfg.stream and len(prompts) * cfg.num_samples == 1
     if live:

@@ -12,10 +12,11 @@ class UserError(Exception):
 
 def check_choice(key: str, value, choices: Iterable) -> None:
     """Raise ``ValueError("<key>: unknown <value>; valid choices: a, b")`` unless value is one.
-    None is shown as YAML's ``null``."""
+    None and booleans are shown as YAML writes them: ``null``, ``true``, ``false``."""
     choices = tuple(choices)
     if value not in choices:
-        valid = ", ".join("null" if c is None else str(c) for c in choices)
+        yaml = {None: "null", True: "true", False: "false"}
+        valid = ", ".join(yaml[c] if c is None or isinstance(c, bool) else str(c) for c in choices)
         raise ValueError(f"{key}: unknown {value!r}; valid choices: {valid}")
 
 
