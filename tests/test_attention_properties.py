@@ -11,7 +11,8 @@ import yaml
 
 from lmlab.kv_cache import KVCache
 from lmlab.model import Transformer
-from lmlab.model.position import RoPE, alibi_slopes
+from lmlab.model.attention import MATH_MAX_KEYS, Attention
+from lmlab.model.position import NoPosition, RoPE, alibi_slopes
 from tests.conftest import TINY, model_cfg
 from tests.test_variants import options
 
@@ -187,3 +188,23 @@ def test_kv_cache_with_qk_norm_mqa_and_yarn_equals_full_recomputation():
     caches = KVCache.for_model(model, 32)
     steps = [logits(model, idx[:, :4], caches)] + [logits(model, idx[:, t : t + 1], caches) for t in range(4, 12)]
     torch.testing.assert_close(torch.cat(steps, dim=1), logits(model, idx), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bf16, keys, fused", [(True, 16, False), (True, MATH_MAX_KEYS + 1, True),
+                                               (False, 16, True)])
+def test_auto_kernel_is_the_math_path_on_cpu_in_bf16_up_to_its_key_limit(bf16, keys, fused, monkeypatch):
+    """kernel=auto (the default) runs exactly what the kernel it picks runs, and calls sdpa only
+    outside bf16 on CPU or past MATH_MAX_KEYS keys."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
+    torch.manual_seed(0)
+    auto = Attention(32, 2)
+    picked = Attention(32, 2, kernel="sdpa" if fused else "manual")
+    picked.load_state_dict(auto.state_dict())
+    x = torch.randn(1, keys, 32)
+    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        got = auto(x, NoPosition(), torch.arange(keys))
+        assert bool(calls) == fused
+        torch.testing.assert_close(got, picked(x, NoPosition(), torch.arange(keys)), atol=0, rtol=0)

@@ -62,15 +62,25 @@ def test_gradients_pass_gradcheck_in_fp64(small_chunks):
     assert torch.autograd.gradcheck(lambda x, w: linear_cross_entropy(x, w, y), (x, w))
 
 
-def test_extreme_logits_stay_finite():
-    """A target 200 nats below the best logit: its probability underflows in fp32, the loss may not."""
-    x = torch.tensor([[1.0, 0.0]], requires_grad=True)
-    w = torch.tensor([[100.0, 0.0], [-100.0, 0.0], [0.0, 0.0]], requires_grad=True)
-    y = torch.tensor([1])
-    loss = linear_cross_entropy(x, w, y)
-    torch.testing.assert_close(loss, reference(x, w, y))
-    loss.backward()
-    assert torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_target_whose_probability_underflows_keeps_its_exact_loss(small_chunks, bf16):
+    """Rows in three row blocks whose target is 400 nats below the best logit: its probability
+    underflows in fp32; their loss, a log-sum-exp over logits taken again, must not, and the
+    other rows' losses are -log of their target's probability."""
+    x, w, y = inputs()
+    x, w = x.detach().clone(), w.detach().clone()
+    far = [0, 7, 46]  # blocks of 5 rows: the first, the second, the last (ragged)
+    x[:, 0] = 0.0
+    x[far, 0] = 1.0
+    w[1, 0], w[2, 0] = -200.0, 200.0
+    y[far] = 1
+    ref = loss_and_grads(reference, x, w, y, bf16)
+    ours = loss_and_grads(linear_cross_entropy, x, w, y, bf16)
+    assert ref[0].item() > 400 * len(far) / N  # the far rows dominate the mean
+    torch.testing.assert_close(ours[0], ref[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(ours[1:], ref[1:]):
+        assert torch.isfinite(a).all()
+        assert ((a - b).norm() / b.norm()).item() < (1e-2 if bf16 else 1e-5)
 
 
 def test_batched_features_and_a_scaled_loss():

@@ -121,7 +121,7 @@ BAD = [
     (["model/position=learned", "model.position.max_positions=8"], "position.max_positions=8 is shorter than model.context_length=16"),
     (["model.norm_placement=middle"], "model.norm_placement: unknown 'middle'; valid choices: pre, post"),
     (["model.attention.window=0"], "attention.window must be null or a positive integer, got 0"),
-    (["model.attention.kernel=flash"], "attention.kernel: unknown 'flash'; valid choices: sdpa, manual"),
+    (["model.attention.kernel=flash"], "attention.kernel: unknown 'flash'; valid choices: auto, sdpa, manual"),
     (["model/position=rope", "model.position.scaling=xpos"], "model.position.scaling: unknown 'xpos'; valid choices: null, linear, ntk, yarn"),
     (["model/ffn=dense", "model.ffn.activation=tanh"], "ffn.activation: unknown 'tanh'"),
 ]

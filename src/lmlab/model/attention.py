@@ -7,6 +7,13 @@ Options: ``qk_norm`` RMS-normalises each head's queries and keys over the head d
 the position rotation (Dehghani et al. 2023; OLMo 2, Qwen 3); ``window`` restricts every query to
 the ``window`` most recent keys, itself included (sliding-window attention, as in Mistral), in
 both kernels and with the KV cache.
+
+Kernels: ``sdpa`` is PyTorch's fused attention (flash / memory-efficient where available),
+``manual`` the math path (scores, softmax in fp32, weights @ values), and ``auto`` (the default)
+picks the math path on CPU under bf16 for up to ``MATH_MAX_KEYS`` keys and ``sdpa`` elsewhere. On
+a 2-core EPYC with AVX512-BF16 the math path's training step ran 1.04-1.10x faster than CPU flash
+attention at contexts of 128 to 512 (its backward is a few large matmuls), 1.00x at 1,024, and
+0.99x in fp32.
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ from torch import nn
 
 from lmlab.errors import check_choice
 from lmlab.kv_cache import LayerKV
-from lmlab.model.linear import Linear
+from lmlab.model.linear import Linear, compute_dtype
 from lmlab.model.norm import RMSNorm
 from lmlab.model.position import Position
 
-KERNELS = ("sdpa", "manual")
+KERNELS = ("auto", "sdpa", "manual")
+MATH_MAX_KEYS = 512  # auto: the math path on CPU in bf16 up to this many keys
 
 
 class Attention(nn.Module):
@@ -34,7 +42,7 @@ class Attention(nn.Module):
         n_kv_heads: int | None = None,
         bias: bool = True,
         dropout: float = 0.0,
-        kernel: str = "sdpa",
+        kernel: str = "auto",
         qkv_bias: bool | None = None,
         qk_norm: bool = False,
         qk_norm_eps: float = 1e-6,
@@ -87,7 +95,7 @@ class Attention(nn.Module):
         mask = self._mask(position, pos, k_pos, real, x.dtype)  # None, or broadcastable (B, nh, Tq, Tk)
         drop = self.dropout if self.training else 0.0
         weights = None
-        if self.kernel == "sdpa" and not need_weights:
+        if not need_weights and self._fused(q, k):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=drop, is_causal=mask is None and T > 1,
                 enable_gqa=self.n_kv_heads != self.n_heads,
@@ -106,6 +114,14 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)
         y = self.resid_drop(self.proj(y))
         return (y, weights) if need_weights else y
+
+    def _fused(self, q: torch.Tensor, k: torch.Tensor) -> bool:
+        """Whether this call uses ``sdpa``: always or never as chosen, or, with ``auto``, unless
+        on CPU under bf16 with at most MATH_MAX_KEYS keys (k: (B, nkv, Tk, hs))."""
+        if self.kernel != "auto":
+            return self.kernel == "sdpa"
+        cpu_bf16 = q.device.type == "cpu" and compute_dtype(q) == torch.bfloat16
+        return not (cpu_bf16 and k.shape[-2] <= MATH_MAX_KEYS)
 
     def _mask(self, position: Position, q_pos, k_pos, real, dtype):
         """The additive mask: causal (-inf for keys at later positions; with a window, also for
