@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from bench_common import MATMUL_FLOP, bench_times, compose, machine, matmul
+from bench_common import bench_times, compose, machine, matmul, matmul_peak
 from lmlab.hardware import cpu_has_native_bf16
 from textbook import TextbookGPT, adamw, train_step
 from textbook_process import TextbookProcess
@@ -84,7 +84,7 @@ def cmd_train(args) -> None:
             alone = TextbookProcess(model_cfg, B, bf16)  # then the textbook as it runs by itself
             times["textbook alone"] = alone.step_times(warmup=1, repeats=args.repeats)
             alone.close()
-            peak = MATMUL_FLOP / min(times.pop("matmul"))  # the best round: a peak
+            peak = matmul_peak(steps["matmul"], times.pop("matmul"))
             t = {name: statistics.median(ts) for name, ts in times.items()}
             for step_name, s in t.items():
                 print(f"  {name} {step_name:15s} {s * 1e3:8.1f} ms/step {B * T / s:8.0f} tokens/s "
