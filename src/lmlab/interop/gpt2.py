@@ -30,7 +30,7 @@ def gpt2_in(hf: dict, sd: dict) -> tuple[dict, dict]:
         "n_heads": hf["n_head"], "d_model": d, "bias": True, "dropout": 0.0,
         "norm_placement": "pre", "tie_weights": hf.get("tie_word_embeddings", True),
         "attention": {"_target_": "lmlab.model.attention.Attention", "n_kv_heads": None,
-                      "kernel": "sdpa", "qkv_bias": True, "qk_norm": False, "window": None},
+                      "kernel": "auto", "qkv_bias": True, "qk_norm": False, "window": None},
         "position": {"_target_": "lmlab.model.position.Learned", "max_positions": None},
         "ffn": {"_target_": "lmlab.model.ffn.DenseFFN", "hidden_mult": 4.0,
                 "hidden_dim": hf.get("n_inner"), "activation": GPT2_ACTS[act]},

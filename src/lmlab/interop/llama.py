@@ -37,7 +37,7 @@ def llama_in(hf: dict, sd: dict) -> tuple[dict, dict]:
         "n_heads": nh, "d_model": d, "bias": bool(attn_bias), "dropout": 0.0, "norm_placement": "pre",
         "tie_weights": hf.get("tie_word_embeddings", False),
         "attention": {"_target_": "lmlab.model.attention.Attention",
-                      "n_kv_heads": hf.get("num_key_value_heads") or nh, "kernel": "sdpa",
+                      "n_kv_heads": hf.get("num_key_value_heads") or nh, "kernel": "auto",
                       "qkv_bias": None, "qk_norm": False, "window": None},
         "position": rope_in(hf),
         "ffn": {"_target_": "lmlab.model.ffn.SwiGLU", "hidden_dim": hf["intermediate_size"],
