@@ -12,8 +12,8 @@ Kernels: ``sdpa`` is PyTorch's fused attention (flash / memory-efficient where a
 ``manual`` the math path (scores, softmax in fp32, weights @ values), and ``auto`` (the default)
 picks the math path on CPU under bf16 for up to ``MATH_MAX_KEYS`` keys and ``sdpa`` elsewhere. On
 a 2-core EPYC with AVX512-BF16 the math path's training step ran 1.04-1.10x faster than CPU flash
-attention at contexts of 128 to 512 (CPU flash attention's bf16 backward is the slow part), 1.00x at 1,024, and
-0.99x in fp32.
+attention at contexts of 128 to 512 (CPU flash attention's bf16 backward is the slow part), 1.00x
+at 1,024, and 0.99x in fp32.
 """
 
 from __future__ import annotations
