@@ -60,7 +60,7 @@ class KVCache:
         if max_len < 1:
             raise ValueError(f"KVCache: max_len must be at least 1, got {max_len}")
         self.max_len, self.static = max_len, static
-        self.slot_ids: torch.Tensor | None = None  # (T,): the slots the current forward writes
+        self.slot_ids: torch.Tensor | None = None  # static: (T,), the slots the current forward writes
         self.layers = [LayerKV(self) for _ in range(n_layers)]
         self.pos: torch.Tensor | None = None  # (B, max_len): absolute position of each slot's token
         self.real: torch.Tensor | None = None  # (B, max_len): False at left-padding (static: and empty) slots
@@ -107,7 +107,8 @@ class KVCache:
             self.real = torch.full((B, self.max_len), not self.static, device=pos.device)
             self.count = torch.zeros(B, dtype=torch.long, device=pos.device)
         self.start, self.end = self.end, self.end + T
-        self.slot_ids = torch.arange(self.start, self.end, device=pos.device)
+        if self.static:  # where write() puts the keys and values: (T,)
+            self.slot_ids = torch.arange(self.start, self.end, device=pos.device)
         self.pos[:, self.start : self.end] = pos
         if pad is None:
             self.real[:, self.start : self.end] = True

@@ -56,9 +56,10 @@ class LinearCrossEntropy(torch.autograd.Function):
             p_target = torch.cat([target_probs_and_grad(grad[i:i + rows], targets[i:i + rows], acc)
                                   for i in range(0, N, rows)])  # (N,)
             losses = -p_target.log()
-            lost = p_target < torch.finfo(acc).tiny  # a target so unlikely its probability underflowed
-            if lost.any():  # one check per step; those rows' logits are taken again
-                lost = lost.nonzero()[:, 0]
+            # rows whose target is so unlikely its probability underflowed: one check per step,
+            # and those rows' logits are taken again
+            lost = (p_target < torch.finfo(acc).tiny).nonzero()[:, 0]
+            if len(lost):
                 losses[lost] = cross_entropy_rows(xc[lost], wc, targets[lost], acc)
         ctx.save_for_backward(grad, xc, wc)
         ctx.dtypes = (x.dtype, weight.dtype)

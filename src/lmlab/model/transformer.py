@@ -122,7 +122,7 @@ class Transformer(nn.Module):
         positions continue after them. ``pad`` (B, T): True at left-padding tokens (a batch of
         prompts of different lengths): they take no position and no token attends to them."""
         x, pos, real = self.embed(idx, cache, pad)
-        if self._compiled_step is not None and cache is not None and cache.static and idx.shape[1] == 1:
+        if self.compiled_decoding and cache is not None and cache.static and idx.shape[1] == 1:
             logits = self._compiled_step(x, pos, cache)  # a decoding step: (B, 1, vocab)
         else:
             x = self.run_blocks(x, pos, cache, real)
