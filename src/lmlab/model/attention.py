@@ -103,13 +103,12 @@ class Attention(nn.Module):
         else:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, nh, Tq, Tk)
-            if mask is None and T > 1:
-                causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-                scores = scores.masked_fill(~causal, float("-inf"))
-            elif mask is not None:
+            scores = (q * (1 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)  # (B, nh, Tq, Tk)
+            if mask is None and T > 1:  # additive: masked_fill's backward costs a bf16 step ~1%
+                mask = torch.full((T, T), float("-inf"), dtype=scores.dtype, device=x.device).triu_(1)
+            if mask is not None:
                 scores = scores + mask
-            weights = F.softmax(scores.float(), dim=-1).type_as(q)
+            weights = F.softmax(scores, dim=-1, dtype=torch.float32).type_as(q)
             y = F.dropout(weights, drop, self.training) @ v  # (B, nh, Tq, hs)
         y = y.transpose(1, 2).reshape(B, T, C)
         y = self.resid_drop(self.proj(y))
