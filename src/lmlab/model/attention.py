@@ -9,7 +9,7 @@ the ``window`` most recent keys, itself included (sliding-window attention, as i
 both kernels and with the KV cache.
 
 Kernels: ``sdpa`` is PyTorch's fused attention (flash / memory-efficient where available),
-``manual`` the math path (scores, softmax in fp32, weights @ values), and ``auto`` (the default)
+``manual`` the math path (scores, softmax accumulated in fp32, weights @ values), and ``auto`` (the default)
 picks the math path on CPU under bf16 for up to ``MATH_MAX_KEYS`` keys and ``sdpa`` elsewhere. On
 a 2-core EPYC with AVX512-BF16 the math path's training step ran 1.04-1.10x faster than CPU flash
 attention at contexts of 128 to 512 (CPU flash attention's bf16 backward is the slow part), 1.00x
@@ -108,7 +108,7 @@ class Attention(nn.Module):
                 mask = torch.full((T, T), float("-inf"), dtype=scores.dtype, device=x.device).triu_(1)
             if mask is not None:
                 scores = scores + mask
-            weights = F.softmax(scores, dim=-1, dtype=torch.float32).type_as(q)
+            weights = F.softmax(scores, dim=-1).type_as(q)  # accumulated in fp32 by the kernel
             y = F.dropout(weights, drop, self.training) @ v  # (B, nh, Tq, hs)
         y = y.transpose(1, 2).reshape(B, T, C)
         y = self.resid_drop(self.proj(y))
