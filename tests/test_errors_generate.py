@@ -24,6 +24,7 @@ from tests.test_train_cli import run
     ("top_p=1.5", "top_p=1.5: must be in (0, 1] or null (no nucleus filter)"),
     ("num_samples=0", "num_samples=0: must be an integer >= 1"),
     ("compile=maybe", "compile: unknown 'maybe'; valid choices: true, false, null"),
+    ("compile=1", "compile: unknown 1; valid choices: true, false, null"),
 ])
 def test_generate_py_refuses_before_loading_the_checkpoint(override, message, tmp_path):
     # the checkpoint does not exist: the arguments are checked first, in one line

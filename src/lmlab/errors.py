@@ -14,10 +14,19 @@ def check_choice(key: str, value, choices: Iterable) -> None:
     """Raise ``ValueError("<key>: unknown <value>; valid choices: a, b")`` unless value is one.
     None and booleans are shown as YAML writes them: ``null``, ``true``, ``false``."""
     choices = tuple(choices)
-    if value not in choices:
-        yaml = {None: "null", True: "true", False: "false"}
-        valid = ", ".join(yaml[c] if c is None or isinstance(c, bool) else str(c) for c in choices)
-        raise ValueError(f"{key}: unknown {value!r}; valid choices: {valid}")
+    # a bool matches only a bool: 1 == True in Python, but compile=1 is not compile=true
+    if not any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices):
+        valid = ", ".join(_as_yaml(c, str) for c in choices)
+        raise ValueError(f"{key}: unknown {_as_yaml(value, repr)}; valid choices: {valid}")
+
+
+def _as_yaml(value, other) -> str:
+    """null, true and false as YAML writes them; any other value as ``other(value)``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return other(value)
 
 
 def exit_with(err: BaseException, prog: str = "lmlab", status: int = 2) -> None:
