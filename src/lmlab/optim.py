@@ -3,21 +3,21 @@ the model and the module's shared settings (lr, weight_decay, betas).
 
 - ``adamw``: AdamW on every parameter, weight decay on matrices only; the fused single-pass
   implementation where PyTorch has one for the device.
-- ``muon``: Muon (Jordan et al. 2024; ``torch.optim.Muon``) on the hidden matrices - the 2-D
-  weights of the linear layers inside the transformer blocks - and AdamW on everything else:
-  embeddings, the LM head, norms and biases. Both are stepped as one optimizer, so Lightning's
-  automatic optimization, gradient clipping, the LR schedule and checkpoints work unchanged. Its
-  Newton-Schulz iteration runs in bf16 where that is native and in fp32 elsewhere.
+- ``muon``: Muon (Jordan et al. 2024; ``torch.optim.Muon``'s rule, batched in ``muon.py``) on the
+  hidden matrices - the 2-D weights of the linear layers inside the transformer blocks - and AdamW
+  on everything else: embeddings, the LM head, norms and biases. Both are stepped as one
+  optimizer, so Lightning's automatic optimization, gradient clipping, the LR schedule and
+  checkpoints work unchanged. Its Newton-Schulz iteration runs in bf16 where that is native and in
+  fp32 elsewhere.
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 import torch
 from torch import nn
 
 from lmlab.errors import check_choice
+from lmlab.muon import Muon
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
@@ -80,44 +80,6 @@ class Combined(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         self._share()  # load_state_dict replaces the group dicts and the state
-
-
-def orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Muon's quintic Newton-Schulz iteration on a 2-D ``g`` in ``dtype``: X <- aX + (bA + cA^2)X
-    with A = XX^T, from X = g / ||g|| (the wide orientation, so A is the smaller Gram matrix)."""
-    a, b, c = coefficients
-    x = g.to(dtype)
-    wide = x.T if x.shape[0] > x.shape[1] else x
-    x = wide / wide.norm().clamp(min=eps)
-    for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.T if g.shape[0] > g.shape[1] else x
-
-
-class Muon(torch.optim.Muon):
-    """``torch.optim.Muon``, its update rule unchanged, with the Newton-Schulz iteration in
-    ``ns_dtype``. PyTorch runs it in bf16, which an AVX2-only CPU emulates: with that ISA forced
-    (ONEDNN_MAX_CPU_ISA=AVX2) a default-model fp32 step took 4.8 s instead of 0.6 s with AdamW.
-    For fp32 the step swaps PyTorch's iteration for ``orthogonalize`` while it runs."""
-
-    def __init__(self, params, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
-        super().__init__(params, **kwargs)
-        self.ns_dtype = ns_dtype
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        if self.ns_dtype == torch.bfloat16:
-            return super().step(closure)
-        from torch.optim import _muon
-
-        bf16_iteration = _muon._zeropower_via_newtonschulz
-        _muon._zeropower_via_newtonschulz = partial(orthogonalize, dtype=self.ns_dtype)
-        try:
-            return super().step(closure)
-        finally:
-            _muon._zeropower_via_newtonschulz = bf16_iteration
 
 
 NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
