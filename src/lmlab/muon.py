@@ -67,7 +67,9 @@ class Muon(torch.optim.Muon):
     def _step_group(self, group: dict, params, grads, momentum_bufs) -> None:
         lr, momentum = group["lr"], group["momentum"]
         torch._foreach_lerp_(momentum_bufs, grads, 1 - momentum)
-        updates = torch._foreach_lerp(grads, momentum_bufs, momentum) if group["nesterov"] else momentum_bufs
+        updates = momentum_bufs
+        if group["nesterov"]:
+            updates = torch._foreach_lerp(grads, momentum_bufs, momentum)
         updates = orthogonalize(updates, group["ns_coefficients"], group["ns_steps"], group["eps"],
                                 self.ns_dtype)
         for p, update in zip(params, updates):
