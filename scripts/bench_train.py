@@ -32,7 +32,7 @@ def lmlab_step(module, batch: torch.Tensor, bf16: bool):
     x, y = batch[:, :-1], batch[:, 1:]
 
     def run():
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        with torch.autocast(batch.device.type, torch.bfloat16, enabled=bf16):
             loss, _ = module.model.loss(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)

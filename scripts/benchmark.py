@@ -14,6 +14,7 @@ from torch import nn
 
 from bench_common import bench, machine
 from bench_generate import OPTIONS as GENERATE_OPTIONS, cmd_generate
+from bench_gpu import OPTIONS as GPU_OPTIONS, cmd_gpu
 from bench_train import cmd_overhead, cmd_train
 from lmlab.hardware import reuse_freed_memory
 from lmlab.model.ffn import DenseFFN
@@ -87,6 +88,8 @@ SECTIONS = {
     ]),
     "generate": (cmd_generate, "KV-cache decoding vs recomputation and transformers' generate()",
                  GENERATE_OPTIONS),
+    "gpu": (cmd_gpu, "GPT-2 124M, context 1024, bf16, compiled, on a GPU: tokens/s and MFU",
+            GPU_OPTIONS),
     "moe": (cmd_moe, "MoE layer vs a naive masked loop and an equal-active dense FFN", [
         ("--tokens", dict(type=int, default=4096)),
         ("--d-model", dict(type=int, default=256)),

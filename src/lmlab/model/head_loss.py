@@ -22,7 +22,8 @@ import torch
 
 from lmlab.model.linear import compute_dtype
 
-ROW_BYTES = 1 << 22  # fp32 softmax rows handled at once: 4 MB, about a core's share of cache
+ROW_BYTES = 1 << 22  # fp32 softmax rows handled at once on CPU: 4 MB, about a core's share of cache
+GPU_ROW_BYTES = 1 << 28  # on a GPU: 256 MB, so that a batch is a few kernel launches, not hundreds
 VOCAB_CHUNK = 8192   # columns of the weight gradient per matmul
 
 
@@ -52,7 +53,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad = xc @ wc.t()  # (N, V): the logits, overwritten below by their gradient
             N, V = grad.shape
             acc = torch.promote_types(dtype, torch.float32)  # fp32, or fp64 for gradcheck
-            rows = max(1, ROW_BYTES // (4 * V))
+            rows = max(1, (ROW_BYTES if grad.device.type == "cpu" else GPU_ROW_BYTES) // (4 * V))
             p_target = torch.cat([target_probs_and_grad(grad[i:i + rows], targets[i:i + rows], acc)
                                   for i in range(0, N, rows)])  # (N,)
             losses = -p_target.log()

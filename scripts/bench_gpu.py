@@ -1,0 +1,110 @@
+"""`benchmark.py gpu`: GPT-2 124M at context 1024 on a GPU - bf16 autocast, torch.compile, flash
+attention (``kernel=auto`` is ``sdpa`` on a GPU) - with tokens/s and MFU against the GPU's dense
+bf16 peak from its data sheet, and against a bf16 matmul timed in the same run.
+
+``--device cpu`` with small overrides runs the same code on a CPU (the test suite does, so that
+the section works on the day a GPU is at hand); its MFU is then against the matmul alone.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from bench_common import compose, machine
+from bench_train import lmlab_step
+
+GPT2_124M = ["model=gpt2", "module/optimizer=adamw"]
+
+# Dense (no sparsity) bf16 tensor-core FLOP/s from NVIDIA's data sheets: half the "with sparsity"
+# figure they print (H100 SXM 1,979, PCIe 1,513, NVL 1,671; H200 SXM 1,979; A100 312 dense).
+# Matched against torch.cuda.get_device_name(), most specific first.
+DENSE_BF16_PEAK = [
+    ("H200 NVL", 835e12), ("H200", 989e12),
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
+    ("A100", 312e12),
+]
+
+
+def data_sheet_peak(device_name: str) -> float | None:
+    return next((peak for key, peak in DENSE_BF16_PEAK if key in device_name), None)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops(device: torch.device, n: int, repeats: int = 10) -> float:
+    """FLOP/s of the best of ``repeats`` n x n bf16 matmuls on ``device``."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def device_line(device: torch.device) -> str:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return (f"device: {props.name} ({props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, "
+                f"CUDA {torch.version.cuda}")
+    return machine()
+
+
+def cmd_gpu(args) -> None:
+    from lmlab.training import build_module
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"benchmark.py gpu: error: --device {args.device}, but torch {torch.__version__} "
+                         "sees no CUDA device here (--device cpu runs the section on the CPU)")
+    overrides = [*GPT2_124M, f"model.compile={str(not args.no_compile).lower()}", *args.overrides]
+    print(device_line(device))
+    torch.manual_seed(0)
+    module = build_module(compose(overrides)).to(device)
+    model = module.model
+    B, T = args.batch, model.context_length
+    batch = torch.randint(0, model.cfg["vocab_size"], (B, T + 1), device=device)
+    step = lmlab_step(module, batch, bf16=True)
+    flops = model.flops_per_token() * B * T
+    print(f"training step: {model.num_params():,} parameters, batch {B} x {T} tokens, bf16 autocast, "
+          f"{'eager' if args.no_compile else 'compiled'}; {args.warmup} warm-up steps, median of {args.steps}")
+    for _ in range(args.warmup):  # compilation happens here
+        step()
+    times = []
+    for _ in range(args.steps):
+        synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    measured = matmul_flops(device, args.matmul_n)
+    print(f"  {t * 1e3:8.1f} ms/step {B * T / t:10.0f} tokens/s {flops / t / 1e12:7.1f} TFLOP/s")
+    print(f"  MFU {flops / t / measured:6.1%} against a {args.matmul_n} x {args.matmul_n} bf16 matmul "
+          f"timed here ({measured / 1e12:.1f} TFLOP/s)")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    if (peak := data_sheet_peak(name)) is not None:
+        print(f"  MFU {flops / t / peak:6.1%} against the data sheet's dense bf16 peak "
+              f"({peak / 1e12:.0f} TFLOP/s; target >= 45%)")
+    else:
+        print(f"  no data-sheet peak known for {name or device.type!r}")
+
+
+OPTIONS = [
+    ("overrides", dict(nargs="*", help="config overrides on model=gpt2 with AdamW")),
+    ("--device", dict(default="cuda", help="default: cuda")),
+    ("--batch", dict(type=int, default=16)),
+    ("--steps", dict(type=int, default=20)),
+    ("--warmup", dict(type=int, default=5, help="untimed steps first (compilation)")),
+    ("--no-compile", dict(action="store_true", help="eager instead of model.compile=true")),
+    ("--matmul-n", dict(type=int, default=8192, help="size of the peak-measuring matmul")),
+]
