@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-from torch.optim import _muon  # PyTorch's state initialisation and learning-rate adjustment
+from torch.optim import _muon  # for _adjust_lr, PyTorch's learning-rate adjustment
 
 
 def orthogonalize(matrices: list[torch.Tensor], coefficients: tuple[float, float, float], steps: int,
