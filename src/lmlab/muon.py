@@ -41,6 +41,15 @@ def orthogonalize(matrices: list[torch.Tensor], coefficients: tuple[float, float
     return out
 
 
+def closure_loss(closure) -> torch.Tensor | None:
+    """What an optimizer's ``step(closure)`` returns: the closure's loss, taken with gradients
+    enabled, or None without a closure."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class Muon(torch.optim.Muon):
     """``torch.optim.Muon`` (same arguments, update rule and state) stepped with the batched
     iteration above, in ``ns_dtype``. PyTorch runs the iteration in bf16, which an AVX2-only CPU
@@ -53,10 +62,7 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params, grads, momentum_bufs = [], [], []
             self._init_group(group, params, grads, momentum_bufs)  # PyTorch's: makes the buffers

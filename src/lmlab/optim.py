@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import check_choice
-from lmlab.muon import Muon
+from lmlab.muon import Muon, closure_loss
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
@@ -69,10 +69,7 @@ class Combined(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for o in self.optimizers:
             o.step()
         return loss
