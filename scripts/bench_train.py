@@ -53,7 +53,8 @@ def precisions(force_bf16: bool):
 
 def cmd_train(args) -> None:
     """Per shape and precision: lmlab's step vs the textbook step (and lmlab compiled with
-    --compile), interleaved, with tokens/s and MFU against the matmul peak of that precision."""
+    --compile), interleaved, with tokens/s and MFU against the matmul peak of that precision. Each
+    line gives the median step and, at its end, the fastest and slowest round."""
     from omegaconf import OmegaConf
 
     from lmlab.training import build_module
@@ -87,9 +88,10 @@ def cmd_train(args) -> None:
             peak = matmul_peak(steps["matmul"], times.pop("matmul"))
             t = {name: statistics.median(ts) for name, ts in times.items()}
             for step_name, s in t.items():
+                fastest, slowest = min(times[step_name]) * 1e3, max(times[step_name]) * 1e3
                 print(f"  {name} {step_name:15s} {s * 1e3:8.1f} ms/step {B * T / s:8.0f} tokens/s "
                       f"{flops / s / 1e9:7.1f} GFLOP/s  MFU {flops / s / peak:6.1%} "
-                      f"(matmul peak {peak / 1e9:.0f} GFLOP/s)")
+                      f"(matmul peak {peak / 1e9:.0f} GFLOP/s; rounds {fastest:.0f}-{slowest:.0f} ms)")
             for step_name in t:
                 if not step_name.startswith("textbook"):
                     print(f"  {name} textbook / {step_name}: {t['textbook'] / t[step_name]:.2f}x   "
