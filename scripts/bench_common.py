@@ -65,10 +65,10 @@ MATMUL_N = 1024
 MATMUL_FLOP = 2 * MATMUL_N**3
 
 
-def matmul(dtype: torch.dtype):
+def matmul(dtype: torch.dtype, n: int = MATMUL_N, device: str | torch.device = "cpu"):
     """An n x n matmul in ``dtype``: timed beside the steps it is compared with, its FLOP/s is the
     MFU denominator, the peak measured on this machine rather than taken from a data sheet."""
-    a, b = torch.randn(MATMUL_N, MATMUL_N).to(dtype), torch.randn(MATMUL_N, MATMUL_N).to(dtype)
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     return lambda: a @ b
 
 

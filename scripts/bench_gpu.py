@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from bench_common import compose, machine
+from bench_common import compose, machine, matmul
 from bench_train import lmlab_step
 
 GPT2_124M = ["model=gpt2", "module/optimizer=adamw"]
@@ -39,13 +39,12 @@ def synchronize(device: torch.device) -> None:
 
 def matmul_flops(device: torch.device, n: int, repeats: int = 10) -> float:
     """FLOP/s of the best of ``repeats`` n x n bf16 matmuls on ``device``."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    product = matmul(torch.bfloat16, n, device)
     best = float("inf")
     for _ in range(repeats + 1):
         synchronize(device)
         t0 = time.perf_counter()
-        a @ b
+        product()
         synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best

@@ -25,7 +25,8 @@ def orthogonalize(matrices: list[torch.Tensor], coefficients: tuple[float, float
     matrix in its wide orientation so that A is the smaller Gram matrix. Returns the results in
     order, each in its matrix's shape."""
     a, b, c = coefficients
-    wide = [g.mT if g.shape[0] > g.shape[1] else g for g in matrices]
+    tall = [g.shape[0] > g.shape[1] for g in matrices]
+    wide = [g.mT if t else g for g, t in zip(matrices, tall)]
     by_shape = defaultdict(list)
     for i, g in enumerate(wide):
         by_shape[g.shape].append(i)
@@ -37,7 +38,7 @@ def orthogonalize(matrices: list[torch.Tensor], coefficients: tuple[float, float
             gram = x @ x.mT  # (n, rows, rows)
             x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
         for i, result in zip(indices, x.unbind()):
-            out[i] = result.mT if matrices[i].shape[0] > matrices[i].shape[1] else result
+            out[i] = result.mT if tall[i] else result
     return out
 
 

@@ -164,9 +164,7 @@ class Transformer(nn.Module):
     def decoding_step(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One new token per row: x (B, 1, C) at ``pos`` through the blocks with their static
         cache, the final norm and the head -> logits (B, 1, vocab). Compiled with model.compile."""
-        for block, layer in zip(self.blocks, cache.layers):
-            x = block(x, self.position, pos, layer)
-        return self.lm_head(self.norm(x))
+        return self.lm_head(self.norm(self.run_blocks(x, pos, cache)))
 
     @property
     def compiled_decoding(self) -> bool:
