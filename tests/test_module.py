@@ -66,3 +66,23 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     x = torch.randint(0, 64, (1, 8))
     assert torch.equal(back(x).logits, module(x).logits)
     assert math.isfinite(back(x).logits.sum().item())
+
+
+def test_a_run_bounded_by_steps_shows_its_epoch_without_a_negative_total():
+    """Lightning's rich bar titles a run with max_epochs=-1 (lmlab's default) "Epoch 0/-2"."""
+    import io
+    import re
+
+    import lightning as L
+
+    from lmlab.callbacks import StepsProgressBar
+
+    out = io.StringIO()
+    bar = StepsProgressBar(console_kwargs={"file": out, "force_terminal": True, "width": 120})
+    module = LanguageModule(model_cfg(TINY + ["model.vocab_size=64"]))
+    data = torch.utils.data.DataLoader(torch.randint(0, 64, (4, 17)), batch_size=2)
+    trainer = L.Trainer(max_steps=3, max_epochs=-1, logger=False, enable_checkpointing=False,
+                        accelerator="cpu", callbacks=[bar], enable_model_summary=False)
+    trainer.fit(module, data)
+    titles = set(re.findall(r"Epoch \S+", out.getvalue()))
+    assert titles == {"Epoch 0", "Epoch 1"}  # two batches an epoch; Lightning's: "Epoch 0/-2", ...

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 
 from lmlab.model.transformer import Transformer
+
+
+class StepsProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, which titles a run bounded by steps (``max_epochs: -1``,
+    lmlab's default) "Epoch 0/-2"; this one says "Epoch 0", and the bar counts the steps."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        return f"Epoch {current_epoch}".ljust(len(self.validation_description))
+
+
+def progress_bars(enabled: bool) -> list[L.Callback]:
+    """The progress bar for a run: StepsProgressBar where ``rich`` is installed (where Lightning
+    would pick its rich bar); none when disabled or without rich (Lightning's tqdm bar)."""
+    return [StepsProgressBar()] if enabled and importlib.util.find_spec("rich") else []
 
 
 class Diverged(RuntimeError):

@@ -13,7 +13,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.budget import match_params
-from lmlab.callbacks import Diverged, DivergenceGuard, ThroughputMeter
+from lmlab.callbacks import Diverged, DivergenceGuard, ThroughputMeter, progress_bars
 from lmlab.config import conf_dir
 from lmlab.errors import UserError
 from lmlab.evaluation import score, summary
@@ -122,7 +122,8 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     """Fit, then validate the best checkpoint, sample from it and write the final record."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     meter = ThroughputMeter()
-    callbacks += [DivergenceGuard(), meter, RNGState(), StepBoundarySignals()]
+    callbacks += [DivergenceGuard(), meter, RNGState(), StepBoundarySignals(),
+                  *progress_bars(cfg.trainer.get("enable_progress_bar", True) is not False)]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                                       plugins=[AtomicCheckpointIO()])
     t0 = time.perf_counter()
