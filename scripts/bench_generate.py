@@ -35,6 +35,18 @@ def hf_gpt2(model):
     return GPT2LMHeadModel(cfg).eval()
 
 
+def memory_bandwidth(nbytes: int = 1 << 28, calls: int = 5) -> float:
+    """Bytes/s of the fastest of ``calls`` sums over an fp32 buffer of ``nbytes``: what one pass
+    over memory streams now, the bound on a decoding step that reads every weight once."""
+    buf = torch.ones(nbytes // 4)
+    best = float("inf")
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        buf.sum()
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best
+
+
 def rounds(fns: dict, repeats: int) -> dict:
     """Median seconds of each function; one warm-up round, then the functions take turns."""
     times = {name: [] for name in fns}
@@ -78,6 +90,12 @@ def cmd_generate(args) -> None:
           f"first call, compiling, took {compile_s:.1f} s)")
     print(f"  lmlab, recompute context {B * N / t['recompute']:8.0f} tokens/s   cached / recompute = "
           f"{t['recompute'] / t['cached']:.1f}x, compiled {t['recompute'] / t['compiled']:.1f}x  (target >= 5)")
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied head once
+    floor = weights / memory_bandwidth()  # seconds: one read of the weights per decoding step
+    print(f"  memory floor: the {weights / 1e6:.0f} MB of weights, read once a step, take {1e3 * floor:.2f} ms "
+          f"at the {weights / floor / 1e9:.0f} GB/s a 256 MB sum streams now (compiled step "
+          f"{1e3 * t['compiled'] / N:.2f} ms)\n    recompute / floor = {t['recompute'] / (N * floor):.1f}x: "
+          f"the most a KV cache can gain on this machine")
 
     # 2. against transformers, with a context that holds prompt and continuation (GPT-2's
     #    position table cannot go past n_positions)
