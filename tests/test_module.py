@@ -86,3 +86,30 @@ def test_a_run_bounded_by_steps_shows_its_epoch_without_a_negative_total():
     trainer.fit(module, data)
     titles = set(re.findall(r"Epoch \S+", out.getvalue()))
     assert titles == {"Epoch 0", "Epoch 1"}  # two batches an epoch; Lightning's: "Epoch 0/-2", ...
+
+
+def test_the_gradient_norm_is_logged_before_clipping():
+    import lightning as L
+
+    seen = {}
+
+    def norm(module):
+        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()])).item()
+
+    class Capture(L.Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer):  # before clipping
+            seen["before"] = norm(module)
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):  # clipped
+            seen["after"] = norm(module)
+
+    torch.manual_seed(0)
+    module = LanguageModule(model_cfg(TINY + ["model.vocab_size=64"]))
+    data = torch.utils.data.DataLoader(torch.randint(0, 64, (4, 17)), batch_size=2)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, accelerator="cpu",
+                        gradient_clip_val=0.01, callbacks=[Capture()], enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(module, data)
+    assert seen["before"] > 0.1  # so that clipping at 0.01 acts
+    assert trainer.callback_metrics["train/grad_norm"].item() == pytest.approx(seen["before"], rel=1e-5)
+    assert seen["after"] == pytest.approx(0.01, rel=1e-3)

@@ -110,13 +110,18 @@ class LanguageModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        """FSDP shards the gradients: its own clip_grad_norm_ computes the global norm."""
+        """Clipping by the global norm (``trainer.gradient_clip_val``), which is logged before
+        clipping as ``train/grad_norm``. FSDP shards the gradients: its own clip_grad_norm_
+        computes the global norm. Clipping by value is Lightning's."""
         from torch.distributed.fsdp import FullyShardedDataParallel
 
-        if gradient_clip_val and isinstance(self.trainer.model, FullyShardedDataParallel):
-            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+        if not gradient_clip_val or gradient_clip_algorithm == "value":
+            return self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if isinstance(self.trainer.model, FullyShardedDataParallel):
+            norm = self.trainer.model.clip_grad_norm_(gradient_clip_val)
         else:
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+        self.log("train/grad_norm", norm)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resuming: the planned length must match unless ``extend`` (see lmlab.schedule)."""
