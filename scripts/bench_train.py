@@ -121,20 +121,18 @@ class StepClock:
 
 
 def lightning_steps(cfg, steps: int) -> list[float]:
-    """Step times of a real `python train.py` loop (its callbacks, loggers, clipping, progress
-    bar) without validation, checkpoint writes aside."""
+    """Step times of a real `python train.py` loop (the Trainer `train.py` makes: its callbacks,
+    CSV logger, clipping, progress bar) without validation, checkpoint writes aside."""
     import hydra
     import lightning as L
 
-    from lmlab.training import build_datamodule, build_module
+    from lmlab.training import build_datamodule, build_module, make_trainer
 
     L.seed_everything(0, verbose=False)
     module, data = build_module(cfg), build_datamodule(cfg)
     clock = StepClock()
-    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values()] + [clock]
-    trainer = hydra.utils.instantiate(cfg.trainer, max_steps=steps, val_check_interval=None,
-                                      limit_val_batches=0, max_time=None, callbacks=callbacks,
-                                      logger=hydra.utils.instantiate(cfg.logger.csv))
+    trainer, _ = make_trainer(cfg, [hydra.utils.instantiate(cfg.logger.csv)], [clock], max_steps=steps,
+                              val_check_interval=None, limit_val_batches=0, max_time=None)
     trainer.fit(module, datamodule=data)
     return clock.step_times()
 

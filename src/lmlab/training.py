@@ -118,14 +118,23 @@ def run_training(cfg: DictConfig) -> dict:
     return metrics
 
 
-def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_dir: Path) -> dict:
-    """Fit, then validate the best checkpoint, sample from it and write the final record."""
+def make_trainer(cfg: DictConfig, loggers: list, extra_callbacks: list = (), **overrides):
+    """(The run's Trainer, its throughput meter): the config's callbacks and lmlab's own
+    (divergence guard, throughput meter, RNG state, signals held to step boundaries, progress
+    bar), checkpoints written atomically; ``overrides`` replace ``cfg.trainer`` keys."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     meter = ThroughputMeter()
     callbacks += [DivergenceGuard(), meter, RNGState(), StepBoundarySignals(),
-                  *progress_bars(cfg.trainer.get("enable_progress_bar", True) is not False)]
+                  *progress_bars(cfg.trainer.get("enable_progress_bar", True) is not False),
+                  *extra_callbacks]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                      plugins=[AtomicCheckpointIO()])
+                                      plugins=[AtomicCheckpointIO()], **overrides)
+    return trainer, meter
+
+
+def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_dir: Path) -> dict:
+    """Fit, then validate the best checkpoint, sample from it and write the final record."""
+    trainer, meter = make_trainer(cfg, loggers)
     t0 = time.perf_counter()
     ckpt_path = cfg.get("ckpt_path") or requeued_checkpoint(out_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
