@@ -82,7 +82,7 @@ SECTIONS = {
     "overhead": (cmd_overhead, "tokens/s of the real Lightning loop vs lmlab's raw step", [
         ("overrides", dict(nargs="*", help="config overrides (default: the default run)")),
         ("--steps", dict(type=int, default=12, help="steps per round")),
-        ("--rounds", dict(type=int, default=2)),
+        ("--rounds", dict(type=int, default=4, help="Lightning runs, each followed by as many raw steps")),
         ("--cache-dir", dict(default=None, help="tokenized corpus cache (default: a temp dir)")),
         ("--bf16", dict(action="store_true", help="time bf16 even where it is emulated (slow)")),
     ]),
