@@ -118,7 +118,7 @@ def run_training(cfg: DictConfig) -> dict:
     return metrics
 
 
-def make_trainer(cfg: DictConfig, loggers: list, extra_callbacks: list = (), **overrides):
+def make_trainer(cfg: DictConfig, loggers: list, extra_callbacks: tuple | list = (), **overrides):
     """(The run's Trainer, its throughput meter): the config's callbacks and lmlab's own
     (divergence guard, throughput meter, RNG state, signals held to step boundaries, progress
     bar), checkpoints written atomically; ``overrides`` replace ``cfg.trainer`` keys."""
