@@ -5,12 +5,11 @@ weights, greedy, use_cache=True, same batch and lengths). The contenders take tu
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
 
-from bench_common import compose, machine
+from bench_common import bench, compose, machine
 
 
 def lmlab_model(overrides: list[str]):
@@ -38,18 +37,6 @@ def hf_gpt2(model):
 STREAM_BYTES = 1 << 28  # a 256 MB fp32 buffer summed in the rounds: the memory bandwidth now
 
 
-def rounds(fns: dict, repeats: int) -> dict:
-    """Median seconds of each function; one warm-up round, then the functions take turns."""
-    times = {name: [] for name in fns}
-    for r in range(1 + repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            if r:
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def cmd_generate(args) -> None:
     from lmlab.sampling import sample_tokens
 
@@ -73,8 +60,8 @@ def cmd_generate(args) -> None:
     lmlab(compiled, idx, True)()
     compile_s = time.perf_counter() - t0
     stream = torch.ones(STREAM_BYTES // 4)
-    t = rounds({"cached": lmlab(model, idx, True), "compiled": lmlab(compiled, idx, True),
-                "recompute": lmlab(model, idx, False), "stream": stream.sum}, args.repeats)
+    t = bench({"cached": lmlab(model, idx, True), "compiled": lmlab(compiled, idx, True),
+               "recompute": lmlab(model, idx, False), "stream": stream.sum}, args.repeats, warmup=1)
     print(f"default model ({' '.join(args.overrides) or 'model=tiny_llama'}, {model.num_params():,} "
           f"parameters, context {model.context_length}):")
     print(f"  lmlab, KV cache          {B * N / t['cached']:8.0f} tokens/s")
@@ -100,8 +87,8 @@ def cmd_generate(args) -> None:
                           min_new_tokens=N, do_sample=False, use_cache=True, pad_token_id=0)
         assert out.shape == (B, P + N)
 
-    t = rounds({"lmlab": lmlab(model, idx, True), "hf": torch.no_grad()(transformers_generate)},
-               args.repeats)
+    t = bench({"lmlab": lmlab(model, idx, True), "hf": torch.no_grad()(transformers_generate)},
+              args.repeats, warmup=1)
     print(f"model=tiny (GPT-2's architecture), context {ctx} (n_positions {ctx}): lmlab {model.num_params():,} "
           f"parameters, GPT2LMHeadModel {hf.num_parameters():,}")
     print(f"  lmlab, KV cache          {B * N / t['lmlab']:8.0f} tokens/s")
