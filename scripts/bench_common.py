@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from lmlab.hardware import PEAK_MATMUL_N
+
 
 def compose(overrides: list[str]):
     """The train config with ``overrides``, as `python train.py OVERRIDES` composes it."""
@@ -61,14 +63,14 @@ def machine() -> str:
             f"load average {os.getloadavg()[0]:.1f}")
 
 
-MATMUL_N = 1024
+MATMUL_N = PEAK_MATMUL_N  # the same matmul as a training run's CPU peak
 MATMUL_FLOP = 2 * MATMUL_N**3
 
 
-def matmul(dtype: torch.dtype, n: int = MATMUL_N, device: str | torch.device = "cpu"):
+def matmul(dtype: torch.dtype, n: int = MATMUL_N):
     """An n x n matmul in ``dtype``: timed beside the steps it is compared with, its FLOP/s is the
     MFU denominator, the peak measured on this machine rather than taken from a data sheet."""
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    a, b = (torch.randn(n, n).to(dtype) for _ in range(2))
     return lambda: a @ b
 
 

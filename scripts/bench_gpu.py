@@ -13,41 +13,16 @@ import time
 
 import torch
 
-from bench_common import compose, machine, matmul
+from bench_common import compose, machine
 from bench_train import lmlab_step
+from lmlab.hardware import data_sheet_peak, measured_matmul_flops
 
 GPT2_124M = ["model=gpt2", "module/optimizer=adamw"]
-
-# Dense (no sparsity) bf16 tensor-core FLOP/s from NVIDIA's data sheets: half the "with sparsity"
-# figure they print (H100 SXM 1,979, PCIe 1,513, NVL 1,671; H200 SXM 1,979; A100 312 dense).
-# Matched against torch.cuda.get_device_name(), most specific first.
-DENSE_BF16_PEAK = [
-    ("H200 NVL", 835e12), ("H200", 989e12),
-    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
-    ("A100", 312e12),
-]
-
-
-def data_sheet_peak(device_name: str) -> float | None:
-    return next((peak for key, peak in DENSE_BF16_PEAK if key in device_name), None)
 
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def matmul_flops(device: torch.device, n: int, repeats: int = 10) -> float:
-    """FLOP/s of the best of ``repeats`` n x n bf16 matmuls on ``device``."""
-    product = matmul(torch.bfloat16, n, device)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        synchronize(device)
-        t0 = time.perf_counter()
-        product()
-        synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
 
 
 def device_line(device: torch.device) -> str:
@@ -86,7 +61,7 @@ def cmd_gpu(args) -> None:
         synchronize(device)
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
-    measured = matmul_flops(device, args.matmul_n)
+    measured = measured_matmul_flops(torch.bfloat16, args.matmul_n, str(device))
     print(f"  {t * 1e3:8.1f} ms/step {B * T / t:10.0f} tokens/s {flops / t / 1e12:7.1f} TFLOP/s")
     print(f"  MFU {flops / t / measured:6.1%} against a {args.matmul_n} x {args.matmul_n} bf16 matmul "
           f"timed here ({measured / 1e12:.1f} TFLOP/s)")

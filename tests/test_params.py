@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lmlab.model import Transformer
@@ -42,3 +43,23 @@ def test_moe_flops_count_only_the_active_experts():
     n = m.active_params()  # untied: the head is a matmul, the embedding a lookup
     expected = 6 * (n - m.tok_emb.weight.numel()) + 12 * m.cfg["n_layers"] * m.context_length * m.cfg["d_model"]
     assert m.flops_per_token() == expected
+
+
+@pytest.mark.parametrize("overrides", [["model=tiny"], [], ["model=tiny", "model/attention=gqa"],
+                                       ["model=mixtral", "model.n_layers=2", "model.d_model=64",
+                                        "model.n_heads=4", "model.context_length=32"]])
+def test_flops_per_token_equals_torch_flop_counter_on_a_training_step(overrides):
+    """The MFU numerator against torch's FlopCounterMode over a real forward and backward (math
+    attention, which the counter sees as matmuls; it does not count the CPU flash kernel), plus
+    the 6 FLOPs per token the 6N convention charges each vector parameter (gains, biases)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    m = Transformer(model_cfg([*overrides, "model.context_length=32", "model.attention.kernel=manual"]))
+    B, T = 2, m.context_length
+    idx = torch.randint(0, m.cfg["vocab_size"], (B, T + 1))
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = m.loss(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+    vectors = sum(p.numel() for p in m.parameters() if p.dim() < 2)
+    assert counter.get_total_flops() / (B * T) + 6 * vectors == m.flops_per_token()

@@ -47,6 +47,11 @@ def test_train_prints_loss_perplexity_and_a_sample(trained):
     assert metrics["steps"] == 6
     assert metrics["val_ppl"] == pytest.approx(2.718281828 ** metrics["val_loss"], rel=1e-6)
     assert (run_dir / "sample.txt").read_text().startswith("ROMEO:")
+    # throughput: the run's MFU is one device's model FLOP/s over the CPU's measured matmul peak
+    assert 0 < metrics["mfu"] < 1 and metrics["peak_flops"] > 1e9
+    assert metrics["mfu"] == pytest.approx(
+        metrics["tokens_per_s"] * metrics["flops_per_token"] / metrics["peak_flops"], rel=1e-9)
+    assert f"MFU {metrics['mfu']:.1%}" in out and "(measured matmul)" in out
 
 
 def test_train_writes_checkpoints_and_csv_metrics_in_the_run_dir(trained):
@@ -58,7 +63,9 @@ def test_train_writes_checkpoints_and_csv_metrics_in_the_run_dir(trained):
     rows = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
     vals = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
     tps = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s")]
+    mfu = [float(r["train/mfu"]) for r in rows if r.get("train/mfu")]
     assert len(vals) >= 2 and all(v > 0 for v in tps)
+    assert len(mfu) == len(tps) and all(0 < v < 1 for v in mfu)
     assert vals[-1] < vals[0]  # it learns
 
 

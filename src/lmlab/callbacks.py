@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import time
 from pathlib import Path
 
 import lightning as L
@@ -56,28 +55,6 @@ def last_saved(trainer) -> str:
     """``; the last good checkpoint is <path>`` when one was saved, else an empty string."""
     path = getattr(trainer.checkpoint_callback, "last_model_path", "")
     return f"; the last good checkpoint is {path}" if path else ""
-
-
-class ThroughputMeter(L.Callback):
-    """Training tokens per second over the whole run: tokens of all training batches but the first
-    (warm-up) over their summed step times, validation and checkpointing excluded. Steadier than
-    the per-step ``train/tokens_per_s`` the module logs."""
-
-    def __init__(self):
-        self.tokens, self.seconds, self._t0, self._batches = 0, 0.0, None, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._batches += 1
-        if self._t0 is not None and self._batches > 1:
-            self.seconds += time.perf_counter() - self._t0
-            self.tokens += (batch.shape[1] - 1) * batch.shape[0] * trainer.world_size
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        return self.tokens / self.seconds if self.seconds > 0 else None
 
 
 class RoutingMonitor(L.Callback):

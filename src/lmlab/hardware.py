@@ -47,3 +47,67 @@ def reuse_freed_memory() -> bool:
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+# Dense (no sparsity) bf16 tensor-core FLOP/s from NVIDIA's data sheets: half the "with sparsity"
+# figure they print (H100 SXM 1,979, PCIe 1,513, NVL 1,671; H200 SXM 1,979; A100 312 dense).
+# Matched against torch.cuda.get_device_name(), most specific first.
+DENSE_BF16_PEAK = [
+    ("H200 NVL", 835e12), ("H200", 989e12),
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
+    ("A100", 312e12),
+]
+PEAK_MATMUL_N = 1024  # the CPU peak: the fastest of a few n x n matmuls
+
+
+def data_sheet_peak(device_name: str) -> float | None:
+    """A GPU's dense bf16 FLOP/s by its name, or None where the table above does not know it."""
+    return next((peak for key, peak in DENSE_BF16_PEAK if key in device_name), None)
+
+
+def measured_matmul_flops(dtype: torch.dtype, n: int = PEAK_MATMUL_N, device: str = "cpu",
+                          calls: int = 10) -> float:
+    """FLOP/s of the fastest of ``calls`` n x n matmuls in ``dtype`` on ``device``, after a
+    warm-up (on a 2-core EPYC's CPU ~30 ms in bf16, ~80 ms in fp32): what its matmuls reach in that
+    precision, native or emulated, while the machine is as busy as it is now."""
+    import time
+
+    def synchronize():
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    a @ b
+    best = float("inf")
+    for _ in range(calls):
+        synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The MFU denominator for matmuls in ``dtype`` on ``device``: a GPU's data-sheet dense peak
+    (bf16 from the table above, other precisions from Lightning's table), a CPU's measured matmul
+    peak; None where neither is known."""
+    if device.type == "cuda":
+        from lightning.fabric.utilities.throughput import get_available_flops
+
+        name = torch.cuda.get_device_name(device)
+        peak = data_sheet_peak(name) if dtype == torch.bfloat16 else None
+        return peak or get_available_flops(device, dtype)
+    if device.type == "cpu":
+        return measured_matmul_flops(dtype)
+    return None
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype a Lightning ``precision`` runs its matmuls in: "bf16-mixed" -> bfloat16..."""
+    precision = str(precision)
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float64 if precision.startswith("64") else torch.float32

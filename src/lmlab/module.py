@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
@@ -32,7 +30,6 @@ class LanguageModule(L.LightningModule):
         self.save_hyperparameters()  # plain containers only, so load_from_checkpoint works
         self.model = Transformer(model)
         self.val_loss = MeanMetric()
-        self._t0: float | None = None
         self._anchor: tuple[int, float] | None = None  # set when a resumed run extends its length
 
     def forward(self, idx: torch.Tensor):
@@ -59,19 +56,6 @@ class LanguageModule(L.LightningModule):
         # its token counts of the step just taken, summed over ranks so every replica agrees.
         for layer in self.model.moe_layers():
             layer.update_bias(lambda counts: self.trainer.strategy.reduce(counts, reduce_op="sum"))
-
-    def on_train_batch_start(self, batch, batch_idx):
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        now = time.perf_counter()
-        dt, self._t0 = now - self._t0, now
-        tokens = (batch.shape[1] - 1) * batch.shape[0] * self.trainer.world_size
-        self.log("train/tokens_per_s", tokens / max(dt, 1e-9), prog_bar=True)
-
-    def on_validation_epoch_start(self):
-        self._t0 = None  # validation time is not training throughput
 
     def _accumulate(self, batch) -> None:
         """Add a held-out batch's cross-entropy to the running mean (validation or test)."""

@@ -13,7 +13,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.budget import match_params
-from lmlab.callbacks import Diverged, DivergenceGuard, ThroughputMeter, progress_bars
+from lmlab.callbacks import Diverged, DivergenceGuard, progress_bars
 from lmlab.config import conf_dir
 from lmlab.errors import UserError
 from lmlab.evaluation import score, summary
@@ -23,6 +23,7 @@ from lmlab.resume import AtomicCheckpointIO, RNGState, StepBoundarySignals, requ
 from lmlab.run_limits import stopped_by, sweep_time_limit, tokens_per_step
 from lmlab.run_record import check_not_finished, hydra_job, record_failure, start_record, write_record
 from lmlab.sampling import sample_text
+from lmlab.throughput import ThroughputMeter
 from lmlab.validate import check_config
 
 log = logging.getLogger("lmlab")
@@ -149,9 +150,11 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     if trainer.world_size > 1:  # identical on every rank when DDP kept the replicas in sync
         checksum = sum(p.detach().double().sum() for p in module.parameters())
         metrics["param_checksums"] = trainer.strategy.all_gather(checksum).tolist()
-    tps = meter.tokens_per_s or trainer.callback_metrics.get("train/tokens_per_s")
+    tps = meter.tokens_per_s or trainer.callback_metrics.get("train/tokens_per_s")  # one step: its own
     if tps is not None:
-        metrics["tokens_per_s"] = float(tps)
+        metrics.update(tokens_per_s=float(tps), mfu=meter.mfu, peak_flops=meter.peak)
+    if meter.tokens_per_s is not None and trainer.is_global_zero:
+        log.info(meter.summary())
     last_val = trainer.callback_metrics.get("val/loss")
     if last_val is not None:  # the last validation during training
         metrics.update(final_val_loss=float(last_val), final_val_ppl=math.exp(float(last_val)))
