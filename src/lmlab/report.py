@@ -138,6 +138,7 @@ def arm_row(arm: Arm) -> dict[str, str]:
         "params": col("params", ",.0f"),
         "active params": col("active_params", ",.0f", fallback="params"),
         "tokens/s": col("tokens_per_s", ",.0f"),
+        "MFU": col("mfu", ".1%"),
         "steps": col("steps", ".0f"),
         "final val loss": col("final_val_loss", ".4f", fallback="val_loss"),
         "final val ppl": col("final_val_ppl", ".2f", fallback="val_ppl"),
