@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import lightning as L
+import torch
 
 from lmlab.hardware import peak_flops, precision_dtype
 
@@ -40,6 +41,8 @@ class ThroughputMeter(L.Callback):
         self._step_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.strategy.root_device.type == "cuda":  # the step's kernels run behind Python
+            torch.cuda.synchronize(trainer.strategy.root_device)
         now = time.perf_counter()
         tokens = (batch.shape[1] - 1) * batch.shape[0]  # this rank's
         self._batches += 1
