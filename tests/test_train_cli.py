@@ -45,6 +45,7 @@ def test_train_prints_loss_perplexity_and_a_sample(trained):
     assert "----- sample (prompt 'ROMEO:\\n') -----\nROMEO:" in proc.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["steps"] == 6
+    assert f"test loss {metrics['test_loss']:.4f}, perplexity {metrics['test_ppl']:.2f}" in out
     assert metrics["val_ppl"] == pytest.approx(2.718281828 ** metrics["val_loss"], rel=1e-6)
     assert (run_dir / "sample.txt").read_text().startswith("ROMEO:")
     # throughput: the run's MFU is one device's model FLOP/s over the CPU's measured matmul peak

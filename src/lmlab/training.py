@@ -212,6 +212,8 @@ def held_out(cfg: DictConfig, trainer: L.Trainer, module, datamodule) -> dict:
         test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
                             weights_only=True)[0]["test/loss"]
         out.update(test_loss=test, test_ppl=math.exp(test))
+        if trainer.is_global_zero:
+            log.info(f"test loss {test:.4f}, perplexity {math.exp(test):.2f} (the test split, same checkpoint)")
     if trainer.is_global_zero and cfg.get("extrapolate"):
         split = "test" if datamodule.has_test_split else "val"
         # every window of the split at each length: the same text, with more or less context
