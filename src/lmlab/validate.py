@@ -6,6 +6,7 @@ Each failure is a one-line :class:`UserError` naming the key, the bad value and 
 
 from __future__ import annotations
 
+import logging
 import numbers
 
 import torch
@@ -13,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.errors import UserError
+
+log = logging.getLogger("lmlab")
 
 # key -> (smallest allowed value, whether it must be an integer, whether null is allowed)
 BOUNDS = {
@@ -108,6 +111,10 @@ def check_config(cfg: DictConfig) -> None:
             and strategy.get("_target_", "").endswith("fsdp_strategy")):
         raise UserError("module/optimizer=muon with trainer=fsdp: Muon orthogonalizes whole matrices "
                         "and FSDP shards them; use module/optimizer=adamw")
+    n_heads = plain["model"]["n_heads"]
+    if (plain["model"].get("attention") or {}).get("n_kv_heads") == n_heads:  # set, not defaulted
+        log.warning(f"model.attention.n_kv_heads={n_heads} equals model.n_heads: this is multi-head "
+                    "attention (model/attention=mha) under another name")
     sample = plain.get("sample") or {}
     if sample.get("max_new_tokens"):
         check_sampling("sample", sample["max_new_tokens"], sample.get("temperature", 1.0),
