@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 
 import torch
@@ -70,8 +71,6 @@ def measured_matmul_flops(dtype: torch.dtype, n: int = PEAK_MATMUL_N, device: st
     """FLOP/s of the fastest of ``calls`` n x n matmuls in ``dtype`` on ``device``, after a
     warm-up (on a 2-core EPYC's CPU ~30 ms in bf16, ~80 ms in fp32): what its matmuls reach in that
     precision, native or emulated, while the machine is as busy as it is now."""
-    import time
-
     def synchronize():
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize(device)

@@ -32,7 +32,7 @@ class ThroughputMeter(L.Callback):
         if stage == "fit":
             self.flops_per_token = pl_module.model.flops_per_token()
             device, dtype = trainer.strategy.root_device, precision_dtype(trainer.precision)
-            self.peak = peak_flops(device, dtype)
+            self.peak = self.device_peak(trainer)
             kind = "data sheet" if device.type == "cuda" else "measured matmul"
             self.peak_of = f"the {device.type}'s {str(dtype).removeprefix('torch.')} peak ({kind})"
             self.world_size = trainer.world_size
@@ -55,11 +55,15 @@ class ThroughputMeter(L.Callback):
         if self.peak:
             pl_module.log("train/mfu", tokens * self.flops_per_token / dt / self.peak, prog_bar=True)
 
+    @staticmethod
+    def device_peak(trainer) -> float | None:
+        return peak_flops(trainer.strategy.root_device, precision_dtype(trainer.precision))
+
     def on_train_end(self, trainer, pl_module):
         # a CPU's peak measured again: taken while other work shared the cores, the first
         # measurement would put the run's MFU above 100%
         if self.peak and trainer.strategy.root_device.type == "cpu":
-            self.peak = max(self.peak, peak_flops(trainer.strategy.root_device, precision_dtype(trainer.precision)))
+            self.peak = max(self.peak, self.device_peak(trainer))
 
     def on_validation_start(self, trainer, pl_module):
         self._last_end = None

@@ -150,7 +150,7 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     if trainer.world_size > 1:  # identical on every rank when DDP kept the replicas in sync
         checksum = sum(p.detach().double().sum() for p in module.parameters())
         metrics["param_checksums"] = trainer.strategy.all_gather(checksum).tolist()
-    tps = meter.tokens_per_s or trainer.callback_metrics.get("train/tokens_per_s")  # one step: its own
+    tps = meter.tokens_per_s or trainer.callback_metrics.get("train/tokens_per_s")  # a one-step run: that step's
     if tps is not None:
         metrics.update(tokens_per_s=float(tps), mfu=meter.mfu, peak_flops=meter.peak)
     if meter.tokens_per_s is not None and trainer.is_global_zero:
