@@ -50,8 +50,9 @@ def reuse_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
-# Dense (no sparsity) bf16 tensor-core FLOP/s from NVIDIA's data sheets: half the "with sparsity"
-# figure they print (H100 SXM 1,979, PCIe 1,513, NVL 1,671; H200 SXM 1,979; A100 312 dense).
+# Dense (no sparsity) bf16 tensor-core FLOP/s from NVIDIA's data sheets, fp16's the same: half the
+# "with sparsity" figure they print (H100 SXM 1,979, PCIe 1,513, NVL 1,671; H200 SXM 1,979; A100
+# 312 dense). Lightning's own table gives the H200 its sparse figure, hence this one.
 # Matched against torch.cuda.get_device_name(), most specific first.
 DENSE_BF16_PEAK = [
     ("H200 NVL", 835e12), ("H200", 989e12),
@@ -89,13 +90,13 @@ def measured_matmul_flops(dtype: torch.dtype, n: int = PEAK_MATMUL_N, device: st
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     """The MFU denominator for matmuls in ``dtype`` on ``device``: a GPU's data-sheet dense peak
-    (bf16 from the table above, other precisions from Lightning's table), a CPU's measured matmul
-    peak; None where neither is known."""
+    (bf16 and fp16 from the table above, other precisions from Lightning's table), a CPU's
+    measured matmul peak; None where neither is known."""
     if device.type == "cuda":
         from lightning.fabric.utilities.throughput import get_available_flops
 
         name = torch.cuda.get_device_name(device)
-        peak = data_sheet_peak(name) if dtype == torch.bfloat16 else None
+        peak = data_sheet_peak(name) if dtype in (torch.bfloat16, torch.float16) else None
         return peak or get_available_flops(device, dtype)
     if device.type == "cpu":
         return measured_matmul_flops(dtype)
