@@ -53,6 +53,8 @@ def test_train_prints_loss_perplexity_and_a_sample(trained):
     assert metrics["mfu"] == pytest.approx(
         metrics["tokens_per_s"] * metrics["flops_per_token"] / metrics["peak_flops"], rel=1e-9)
     assert f"MFU {metrics['mfu']:.1%}" in out and "(measured matmul)" in out
+    assert 0.1 < metrics["peak_memory_gib"] < 16  # the process's resident peak while training
+    assert f"peak memory {metrics['peak_memory_gib']:.2f} GiB (resident)" in out
 
 
 def test_train_writes_checkpoints_and_csv_metrics_in_the_run_dir(trained):

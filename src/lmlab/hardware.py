@@ -111,3 +111,30 @@ def precision_dtype(precision: str) -> torch.dtype:
     if precision.startswith("16"):
         return torch.float16
     return torch.float64 if precision.startswith("64") else torch.float32
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting ``peak_memory_bytes`` afresh: PyTorch's allocator statistics on a GPU; on
+    Linux the process's resident high-water mark (``/proc/self/clear_refs``), so that a sweep's
+    later jobs in the same process do not report an earlier job's peak."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the peak is then the process's since it started
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """The most memory held since ``reset_peak_memory``: on a GPU what PyTorch's allocator held on
+    ``device``; on a CPU the process's peak resident memory (weights, activations, Python, data)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(l.split()[1] for l in status.splitlines() if l.startswith("VmHWM:"))) * 1024
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
