@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmlab.budget import count_params, match_params
+from lmlab.budget import match_params
 from lmlab.model.transformer import Transformer
 from tests.conftest import CONF, TINY, compose_cfg, model_cfg
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from lmlab.checkpoint import load_module
