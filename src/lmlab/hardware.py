@@ -103,6 +103,11 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     return None
 
 
+def peak_flops_source(device: torch.device) -> str:
+    """Where ``peak_flops`` takes its figure from on ``device``."""
+    return "data sheet" if device.type == "cuda" else "measured matmul"
+
+
 def precision_dtype(precision: str) -> torch.dtype:
     """The dtype a Lightning ``precision`` runs its matmuls in: "bf16-mixed" -> bfloat16..."""
     precision = str(precision)
@@ -138,3 +143,8 @@ def peak_memory_bytes(device: torch.device) -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def peak_memory_kind(device: torch.device) -> str:
+    """What ``peak_memory_bytes`` counts on ``device``."""
+    return "allocated on the GPU" if device.type == "cuda" else "resident"

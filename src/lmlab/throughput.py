@@ -7,7 +7,7 @@ import time
 import lightning as L
 import torch
 
-from lmlab.hardware import peak_flops, precision_dtype
+from lmlab.hardware import peak_flops, peak_flops_source, precision_dtype
 
 
 class ThroughputMeter(L.Callback):
@@ -33,8 +33,8 @@ class ThroughputMeter(L.Callback):
             self.flops_per_token = pl_module.model.flops_per_token()
             device, dtype = trainer.strategy.root_device, precision_dtype(trainer.precision)
             self.peak = self.device_peak(trainer)
-            kind = "data sheet" if device.type == "cuda" else "measured matmul"
-            self.peak_of = f"the {device.type}'s {str(dtype).removeprefix('torch.')} peak ({kind})"
+            self.peak_of = (f"the {device.type}'s {str(dtype).removeprefix('torch.')} peak "
+                            f"({peak_flops_source(device)})")
             self.world_size = trainer.world_size
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):

@@ -17,7 +17,7 @@ from lmlab.callbacks import Diverged, DivergenceGuard, progress_bars
 from lmlab.config import conf_dir
 from lmlab.errors import UserError
 from lmlab.evaluation import score, summary
-from lmlab.hardware import peak_memory_bytes, reset_peak_memory
+from lmlab.hardware import peak_memory_bytes, peak_memory_kind, reset_peak_memory
 from lmlab.loggers import WandbRuns, make_loggers
 from lmlab.multirun_ddp import needs_own_process, run_as_child
 from lmlab.resume import AtomicCheckpointIO, RNGState, StepBoundarySignals, requeued_checkpoint
@@ -155,10 +155,11 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     tps = meter.tokens_per_s or trainer.callback_metrics.get("train/tokens_per_s")  # a one-step run: that step's
     if tps is not None:
         metrics.update(tokens_per_s=float(tps), mfu=meter.mfu, peak_flops=meter.peak)
-    metrics["peak_memory_gib"] = peak_memory_bytes(trainer.strategy.root_device) / 2**30
+    device = trainer.strategy.root_device
+    metrics["peak_memory_gib"] = peak_memory_bytes(device) / 2**30
     if meter.tokens_per_s is not None and trainer.is_global_zero:
         log.info(f"{meter.summary()}; peak memory {metrics['peak_memory_gib']:.2f} GiB "
-                 f"({'allocated on the GPU' if trainer.strategy.root_device.type == 'cuda' else 'resident'})")
+                 f"({peak_memory_kind(device)})")
     last_val = trainer.callback_metrics.get("val/loss")
     if last_val is not None:  # the last validation during training
         metrics.update(final_val_loss=float(last_val), final_val_ppl=math.exp(float(last_val)))
