@@ -11,11 +11,13 @@
    clipping at 1.0, linear warmup over 5% then cosine to lr/10 (over the budget's seconds, since
    it cannot know how many steps they hold), in the recipe's precision.
 3. Every arm is scored on the same held-out windows; the best textbook arm is chosen on validation.
+4. With --plot PNG: training loss against wall-clock seconds, the recipe and every textbook arm.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -60,15 +62,16 @@ def held_out_loss(model, loader, bf16: bool) -> float:
 
 
 def train_textbook(model_cfg: dict, train_tokens, lr: float, batch: int, seconds: float,
-                   bf16: bool, seed: int) -> tuple[TextbookGPT, int]:
-    """The textbook loop for ``seconds`` of wall-clock; returns the model and its steps."""
+                   bf16: bool, seed: int) -> tuple[TextbookGPT, list[tuple[float, float]]]:
+    """The textbook loop for ``seconds`` of wall-clock; returns the model and its curve, one
+    (seconds, training loss) per step."""
     torch.manual_seed(seed)
     model = TextbookGPT.like(model_cfg)
     opt = adamw(model, lr)
     T = model_cfg["context_length"]
     data = torch.from_numpy(train_tokens.astype("int64"))
     gen = torch.Generator().manual_seed(seed)
-    steps, t0 = 0, time.perf_counter()
+    curve, t0 = [], time.perf_counter()
     while (elapsed := time.perf_counter() - t0) < seconds:
         for group in opt.param_groups:
             # lmlab's warmup + cosine to lr / 10, over milliseconds of the budget instead of steps
@@ -78,8 +81,48 @@ def train_textbook(model_cfg: dict, train_tokens, lr: float, batch: int, seconds
         loss = train_step(model, opt, windows, bf16)
         if not torch.isfinite(loss):
             break
-        steps += 1
-    return model, steps
+        curve.append((time.perf_counter() - t0, loss.item()))
+    return model, curve
+
+
+def recipe_curve(run_dir: Path, metrics: dict) -> list[tuple[float, float]]:
+    """The recipe's logged training losses (csv/metrics.csv), each at its step times the run's
+    mean seconds per step: its validations and checkpoint writes spread evenly over the steps."""
+    per_step = metrics["train_time_s"] / metrics["steps"]
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        # a training row's step is the global step before the one it logs
+        return [((int(row["step"]) + 1) * per_step, float(row["train/loss"]))
+                for row in csv.DictReader(f) if row.get("train/loss")]
+
+
+def plot_curves(recipe: dict, arms: list[dict], path: Path) -> None:
+    """Training loss against seconds: the recipe's logged losses and each textbook arm's mean
+    over ten steps; a dot at the end of each line marks its held-out validation loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=90)
+    series = [("recipe (lmlab's default)", recipe["curve"], recipe["val_loss"], 2.0)]
+    for a in arms:
+        blocks = [a["curve"][i:i + 10] for i in range(0, len(a["curve"]), 10)]
+        means = [(b[-1][0], sum(v for _, v in b) / len(b)) for b in blocks]
+        series.append((f"textbook lr {a['lr']:g} batch {a['batch']}", means, a["val_loss"], 1.0))
+    for label, points, val_loss, width in series:
+        if not points:
+            continue
+        x, y = zip(*points)
+        line, = ax.plot(x, y, lw=width, label=f"{label}: validation {val_loss:.3f}")
+        ax.plot(x[-1], val_loss, "o", color=line.get_color())
+    ax.set_xlabel("training wall clock (s)")
+    ax.set_ylabel("training loss (dots: validation loss at the end)")
+    ax.set_title(f"the recipe against the textbook loop, {recipe['train_time_s']:.0f} s each", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -89,6 +132,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lrs", default="6e-4,1e-3,2e-3,4e-3", help="the textbook's learning rates")
     parser.add_argument("--batches", default="4,8,16", help="the textbook's batch sizes")
     parser.add_argument("--out", type=Path, help="write every figure to this JSON file")
+    parser.add_argument("--plot", type=Path, help="draw training loss against seconds into this PNG")
     args = parser.parse_args(argv)
     reuse_freed_memory()  # as train.py does
     print(machine(), flush=True)
@@ -98,8 +142,10 @@ def main(argv=None) -> None:
     precision = str(cfg.trainer.precision)
     bf16 = precision.startswith("bf16")
     with tempfile.TemporaryDirectory() as tmp:
-        recipe = (json.loads((args.recipe_run / "metrics.json").read_text()) if args.recipe_run
-                  else run_recipe(args.overrides, Path(tmp) / "recipe"))
+        run_dir = args.recipe_run or Path(tmp) / "recipe"
+        recipe = (json.loads((run_dir / "metrics.json").read_text()) if args.recipe_run
+                  else run_recipe(args.overrides, run_dir))
+        recipe["curve"] = recipe_curve(run_dir, recipe)
     seconds = recipe["train_time_s"]
     print(f"recipe: {recipe['steps']} steps in {seconds:.0f} s ({precision}): validation "
           f"{recipe['val_loss']:.3f}, test {recipe['test_loss']:.3f}", flush=True)
@@ -114,8 +160,9 @@ def main(argv=None) -> None:
     arms = []
     for batch in (int(b) for b in args.batches.split(",")):
         for lr in (float(x) for x in args.lrs.split(",")):
-            model, steps = train_textbook(model_cfg, data.train_tokens, lr, batch, seconds, bf16, cfg.seed)
-            arm = {"lr": lr, "batch": batch, "steps": steps,
+            model, curve = train_textbook(model_cfg, data.train_tokens, lr, batch, seconds, bf16, cfg.seed)
+            steps = len(curve)
+            arm = {"lr": lr, "batch": batch, "steps": steps, "curve": curve,
                    "val_loss": held_out_loss(model, data.val_dataloader(), bf16),
                    "test_loss": held_out_loss(model, data.test_dataloader(), bf16)}
             arms.append(arm)
@@ -126,6 +173,9 @@ def main(argv=None) -> None:
     for split in ("val_loss", "test_loss"):
         print(f"  {split[:-5]:4s}: recipe {recipe[split]:.3f}  textbook {best[split]:.3f}  "
               f"recipe better by {best[split] - recipe[split]:+.3f} nats (target >= 0.1)")
+    if args.plot:
+        plot_curves(recipe, arms, args.plot)
+        print(f"plot: {args.plot}")
     if args.out:
         args.out.write_text(json.dumps({"machine": machine(), "precision": precision,
                                         "seconds": seconds, "recipe": recipe, "textbook": arms,

@@ -51,8 +51,8 @@ def test_recipe_vs_textbook_runs_both_at_equal_wall_clock(tmp_path):
     out = subprocess.run(
         [sys.executable, "scripts/recipe_vs_textbook.py", *TINY_MODEL, "model.context_length=16",
          "trainer.max_steps=6", "module.warmup_steps=1", "trainer.val_check_interval=3",
-         "data.val_windows=4", "data.test_windows=4", "--lrs", "1e-3", "--batches", "4",
-         "--out", str(tmp_path / "out.json")],
+         "trainer.log_every_n_steps=1", "data.val_windows=4", "data.test_windows=4", "--lrs", "1e-3",
+         "--batches", "4", "--out", str(tmp_path / "out.json"), "--plot", str(tmp_path / "curves.png")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads((tmp_path / "out.json").read_text())
@@ -60,3 +60,10 @@ def test_recipe_vs_textbook_runs_both_at_equal_wall_clock(tmp_path):
     arm = result["textbook"][0]
     assert arm["steps"] >= 1 and math.isfinite(arm["val_loss"]) and math.isfinite(arm["test_loss"])
     assert "recipe better by" in out.stdout
+    # the plot's curves: the recipe's six logged losses spread over its seconds, ending at them;
+    # the textbook's one point a step, in time order, inside the same seconds
+    recipe_times = [t for t, _ in result["recipe"]["curve"]]
+    assert len(recipe_times) == 6 and recipe_times[-1] == pytest.approx(result["seconds"])
+    times = [t for t, _ in arm["curve"]]
+    assert len(times) == arm["steps"] and times == sorted(times)
+    assert (tmp_path / "curves.png").stat().st_size > 1000

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from scipy import stats
 
-from lmlab.report import make_report
+from lmlab.report import group_arms, load_jobs, make_report
+from lmlab.report_plots import val_loss_figure
 from lmlab.stats import compare_to_baseline, holm, mean_interval, min_detectable_difference
 
 SEEDS = (0, 1, 2)
@@ -99,6 +100,24 @@ def test_intervals_differences_p_values_and_verdicts_match_scipy(sweep):
     assert none["verdict"] == "excluded (flagged)" and none["p (Holm)"] == "—"
     assert rows["model/position=rope"]["flags"] == "—"
     assert (sweep / "val_loss.png").stat().st_size > 0
+
+
+def test_time_panel_places_each_arm_by_its_seconds_per_step(tmp_path):
+    """The fourth panel: validation steps times the arm's mean training seconds per step; an arm
+    whose jobs do not record their training time has no line there (but has one per step)."""
+    sweep = tmp_path / "sweep"
+    for num, (arm, extra) in enumerate([("learned", {"train_time_s": 100.0}), ("learned", {"train_time_s": 110.0}),
+                                        ("rope", {"train_time_s": 150.0}), ("alibi", {})]):
+        write_job(sweep, num, [f"model/position={arm}", f"seed={num}"], 5.0, **extra)
+    arms, _, _ = group_arms(load_jobs(sweep))
+    fig = val_loss_figure(arms)
+    steps_axis, time_axis = fig.axes[0], fig.axes[3]
+    assert time_axis.get_xlabel() == "training seconds"
+    x = {line.get_label().split(" (")[0]: list(line.get_xdata()) for line in time_axis.get_lines()}
+    assert x.keys() == {"model/position=learned", "model/position=rope"}
+    assert x["model/position=learned"] == pytest.approx([s * 1.05 for s in (25, 50, 75, 100)])
+    assert x["model/position=rope"] == pytest.approx([s * 1.5 for s in (25, 50, 75, 100)])
+    assert len(steps_axis.get_lines()) == 3
 
 
 def test_named_baseline_and_a_worse_arm(sweep):

@@ -1,5 +1,5 @@
-"""The report's figures (matplotlib, Agg): validation loss against steps, training tokens and
-training FLOPs, one colour per arm, the mean over the arm's completed seeds as a line and their
+"""The report's figures (matplotlib, Agg): validation loss against steps, training tokens,
+training FLOPs and training seconds, one colour per arm, the mean over the arm's completed seeds as a line and their
 spread (min to max) as a band; and loss against evaluation length (length extrapolation)."""
 
 from __future__ import annotations
@@ -28,23 +28,39 @@ def seed_band(curves: list[list[tuple[int, float]]]):
     return steps, ys.mean(0), ys.min(0), ys.max(0)
 
 
-AXES = (("step", "step", lambda m: 1.0),
-        ("training tokens", "tokens", lambda m: m.get("tokens_per_step")),
-        ("training FLOPs", "flops", lambda m: (m.get("tokens_per_step") or 0) * m.get("flops_per_token", 0) or None))
+def seconds_per_step(metrics: dict) -> float | None:
+    """A run's training wall clock (its validations and checkpoint writes included) over its
+    steps. On the time axis each validation sits at its step times this, so an arm that learns as
+    much per step but runs slower lies to the right."""
+    seconds, steps = metrics.get("train_time_s"), metrics.get("steps")
+    return seconds / steps if seconds and steps else None
 
 
-def plot_val_loss(arms: list, path: Path) -> bool:
-    """Three panels (steps, tokens, FLOPs); False if no job has a validation curve yet."""
+AXES = (("step", lambda m: 1.0),
+        ("training tokens", lambda m: m.get("tokens_per_step")),
+        ("training FLOPs", lambda m: (m.get("tokens_per_step") or 0) * m.get("flops_per_token", 0) or None),
+        ("training seconds", seconds_per_step))
+
+
+def arm_scale(scale_of, jobs: list) -> float | None:
+    """One arm's step-to-axis factor: the mean over its jobs (seeds differ in speed, not in
+    tokens or FLOPs per step); None when a job lacks the figure."""
+    scales = [scale_of(j.metrics) for j in jobs]
+    return float(np.mean(scales)) if scales and None not in scales else None
+
+
+def val_loss_figure(arms: list):
+    """Four panels (steps, tokens, FLOPs, seconds); None if no job has a validation curve yet."""
     if not any(j.curve for a in arms for j in a.jobs):
-        return False
+        return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.0), dpi=80, sharey=True)
+    fig, axes = plt.subplots(1, len(AXES), figsize=(16, 4.0), dpi=80, sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (xlabel, _, scale_of) in zip(axes, AXES):
+    for ax, (xlabel, scale_of) in zip(axes, AXES):
         for i, arm in enumerate(arms):
             color = colors[i % len(colors)]
             done = [j for j in arm.jobs if j.status == "completed" and j.curve]
-            scale = scale_of(done[0].metrics) if done else None
+            scale = arm_scale(scale_of, done)
             band = seed_band([j.curve for j in done])
             if band is not None and scale:
                 steps, mean, low, high = band
@@ -59,11 +75,19 @@ def plot_val_loss(arms: list, path: Path) -> bool:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation loss")
     axes[0].legend(fontsize=7)
-    fig.suptitle("validation loss: mean over seeds, band min-max (dashed: running or failed)",
-                 fontsize=9)
+    fig.suptitle("validation loss: mean over seeds, band min-max (dashed: running or failed); "
+                 "seconds: each arm's mean training time per step", fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot_val_loss(arms: list, path: Path) -> bool:
+    """Save ``val_loss_figure`` to ``path``; False if there was nothing to plot."""
+    fig = val_loss_figure(arms)
+    if fig is None:
+        return False
     fig.savefig(path)
-    plt.close(fig)
+    _pyplot().close(fig)
     return True
 
 
