@@ -86,10 +86,14 @@ def train_textbook(model_cfg: dict, train_tokens, lr: float, batch: int, seconds
 
 
 def recipe_curve(run_dir: Path, metrics: dict) -> list[tuple[float, float]]:
-    """The recipe's logged training losses (csv/metrics.csv), each at its step times the run's
-    mean seconds per step: its validations and checkpoint writes spread evenly over the steps."""
+    """The recipe's logged training losses (csv/metrics.csv; none if it ran without the CSV
+    logger), each at its step times the run's mean seconds per step: its validations and
+    checkpoint writes spread evenly over the steps."""
     per_step = metrics["train_time_s"] / metrics["steps"]
-    with open(run_dir / "csv" / "metrics.csv") as f:
+    path = run_dir / "csv" / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path) as f:
         # a training row's step is the global step before the one it logs
         return [((int(row["step"]) + 1) * per_step, float(row["train/loss"]))
                 for row in csv.DictReader(f) if row.get("train/loss")]
@@ -150,7 +154,8 @@ def main(argv=None) -> None:
         run_dir = args.recipe_run or Path(tmp) / "recipe"
         recipe = (json.loads((run_dir / "metrics.json").read_text()) if args.recipe_run
                   else run_recipe(args.overrides, run_dir))
-        recipe["curve"] = recipe_curve(run_dir, recipe)
+        if args.plot:
+            recipe["curve"] = recipe_curve(run_dir, recipe)
     seconds = recipe["train_time_s"]
     print(f"recipe: {recipe['steps']} steps in {seconds:.0f} s ({precision}): validation "
           f"{recipe['val_loss']:.3f}, test {recipe['test_loss']:.3f}", flush=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import yaml
@@ -118,6 +119,7 @@ def test_time_panel_places_each_arm_by_its_seconds_per_step(tmp_path):
     assert x["model/position=learned"] == pytest.approx([s * 1.05 for s in (25, 50, 75, 100)])
     assert x["model/position=rope"] == pytest.approx([s * 1.5 for s in (25, 50, 75, 100)])
     assert len(steps_axis.get_lines()) == 3
+    plt.close(fig)
 
 
 def test_named_baseline_and_a_worse_arm(sweep):

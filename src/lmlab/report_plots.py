@@ -1,6 +1,7 @@
 """The report's figures (matplotlib, Agg): validation loss against steps, training tokens,
-training FLOPs and training seconds, one colour per arm, the mean over the arm's completed seeds as a line and their
-spread (min to max) as a band; and loss against evaluation length (length extrapolation)."""
+training FLOPs and training seconds, one colour per arm, the mean over the arm's completed seeds
+as a line and their spread (min to max) as a band; and loss against evaluation length (length
+extrapolation)."""
 
 from __future__ import annotations
 
