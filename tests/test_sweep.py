@@ -103,6 +103,7 @@ def test_multirun_grid_and_report(tmp_path, cache_dir):
         assert row["status"] == "1 completed"
         assert row["params"] == f"{m['params']:,}" == row["active params"]
         assert row["tokens/s"] == f"{m['tokens_per_s']:,.0f}" and row["MFU"] == f"{m['mfu']:.1%}"
+        assert row["train time (s)"] == f"{m['train_time_s']:,.0f}"
         # the CSV log: validations during training, then the best checkpoint's final validation
         assert m["final_val_loss"] == pytest.approx(curve[-2][1], abs=1e-6)
         assert m["val_loss"] == pytest.approx(curve[-1][1], abs=1e-6)

@@ -140,6 +140,7 @@ def arm_row(arm: Arm) -> dict[str, str]:
         "tokens/s": col("tokens_per_s", ",.0f"),
         "MFU": col("mfu", ".1%"),
         "steps": col("steps", ".0f"),
+        "train time (s)": col("train_time_s", ",.0f"),
         "final val loss": col("final_val_loss", ".4f", fallback="val_loss"),
         "final val ppl": col("final_val_ppl", ".2f", fallback="val_ppl"),
         "best val loss": col("best_val_loss", ".4f", fallback="val_loss"),
