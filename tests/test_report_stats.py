@@ -14,6 +14,7 @@ from scipy import stats
 
 from lmlab.report import group_arms, load_jobs, make_report
 from lmlab.report_plots import val_loss_figure
+from lmlab.report_speed import steps_to_reach
 from lmlab.stats import compare_to_baseline, holm, mean_interval, min_detectable_difference
 
 SEEDS = (0, 1, 2)
@@ -120,6 +121,24 @@ def test_time_panel_places_each_arm_by_its_seconds_per_step(tmp_path):
     assert x["model/position=rope"] == pytest.approx([s * 1.5 for s in (25, 50, 75, 100)])
     assert len(steps_axis.get_lines()) == 3
     plt.close(fig)
+
+
+def test_speed_at_equal_quality(tmp_path):
+    """Seconds to the baseline's final validation loss (5.0), by hand: each curve falls linearly,
+    final + 0.75, + 0.5, + 0.25, final at steps 25, 50, 75, 100."""
+    sweep = tmp_path / "sweep"
+    for num, (arm, final, seconds) in enumerate([("learned", 5.0, 100.0), ("rope", 4.5, 150.0),
+                                                  ("alibi", 4.9, 100.0), ("none", 5.5, 100.0)]):
+        write_job(sweep, num, [f"model/position={arm}", "seed=0"], final, train_time_s=seconds)
+    section = make_report(sweep).read_text().split("## Speed at equal quality", 1)[1]
+    assert "reaches the baseline's final one, 5.0000" in section
+    rows = {c[0]: c[1:] for c in ([x.strip() for x in ln.strip("|").split("|")]
+                                  for ln in section.splitlines() if ln.startswith("| model/"))}
+    assert rows["model/position=learned"] == ["1.000", "100.0", "1.00x"]
+    assert rows["model/position=rope"] == ["1.500", "75.0", "0.75x"]  # step 50 at 1.5 s a step
+    assert rows["model/position=alibi"] == ["1.000", "90.0", "0.90x"]  # 5.15 at 75, 4.9 at 100
+    assert rows["model/position=none"] == ["1.000", "not reached in 100 steps", "—"]
+    assert steps_to_reach([(10, 4.0), (20, 3.0)], 5.0) == 10.0
 
 
 def test_named_baseline_and_a_worse_arm(sweep):

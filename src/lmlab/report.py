@@ -15,6 +15,7 @@ import argparse
 import csv
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import yaml
 from lmlab.comparison import comparison_rows
 from lmlab.report_extrapolation import extrapolation_section
 from lmlab.report_plots import plot_val_loss
+from lmlab.report_speed import speed_section
 from lmlab.run_record import RECORD_FILE, job_status, override_key, override_map, read_record, swept_keys
 
 SEED_KEYS = ("seed",)
@@ -118,10 +120,7 @@ def stat(values: list[float], fmt: str) -> str:
 
 
 def arm_status(arm: Arm) -> str:
-    counts: dict[str, int] = {}
-    for j in arm.jobs:
-        counts[j.status] = counts.get(j.status, 0) + 1
-    return ", ".join(f"{n} {s}" for s, n in counts.items())
+    return ", ".join(f"{n} {s}" for s, n in Counter(j.status for j in arm.jobs).items())
 
 
 def arm_row(arm: Arm) -> dict[str, str]:
@@ -178,9 +177,7 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     jobs = load_jobs(sweep_dir)
     arms, varied, common = group_arms(jobs, swept_keys(sweep_dir) or set())
     rows = [arm_row(a) for a in arms]
-    n_status: dict[str, int] = {}
-    for j in jobs:
-        n_status[j.status] = n_status.get(j.status, 0) + 1
+    n_status = Counter(j.status for j in jobs)
     parts = [
         f"# Sweep report: {sweep_dir.name if sweep_dir.name else sweep_dir}\n",
         f"Sweep directory: `{_shown(sweep_dir)}`  \n"
@@ -192,6 +189,7 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
         markdown_table(rows),
     ]
     parts += comparison_section(arms, baseline)
+    parts += speed_section(arms, baseline)
     if plot_val_loss(arms, out / "val_loss.png"):
         parts.append("![validation loss per arm](val_loss.png)\n")
     parts += extrapolation_section(arms, out)
