@@ -55,7 +55,7 @@ def sweep(tmp_path):
 
 
 def comparison_table(report: str) -> dict[str, dict[str, str]]:
-    section = report.split("## Comparison with the baseline", 1)[1]
+    section = report.split("## Comparison with the baseline", 1)[1].split("\n## ", 1)[0]
     lines = [ln for ln in section.splitlines() if ln.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
@@ -130,7 +130,8 @@ def test_speed_at_equal_quality(tmp_path):
     for num, (arm, final, seconds) in enumerate([("learned", 5.0, 100.0), ("rope", 4.5, 150.0),
                                                   ("alibi", 4.9, 100.0), ("none", 5.5, 100.0)]):
         write_job(sweep, num, [f"model/position={arm}", "seed=0"], final, train_time_s=seconds)
-    section = make_report(sweep).read_text().split("## Speed at equal quality", 1)[1]
+    report = make_report(sweep).read_text()
+    section = report.split("## Speed at equal quality", 1)[1].split("\n## ", 1)[0]
     assert "reaches the baseline's final one, 5.0000" in section
     rows = {c[0]: c[1:] for c in ([x.strip() for x in ln.strip("|").split("|")]
                                   for ln in section.splitlines() if ln.startswith("| model/"))}
