@@ -4,9 +4,9 @@ Reads each job directory of the sweep (``<job>/.hydra/overrides.yaml``, ``<job>/
 written by ``train.py``, ``<job>/csv/metrics.csv`` written by the CSV logger) and writes
 ``report.md``, ``val_loss.png`` and ``extrapolation.png`` into the sweep directory. Jobs that differ
 only in ``seed`` are one arm: their numbers are shown as mean ± std over the seeds, then compared
-with a baseline arm (``lmlab.comparison``: intervals, paired tests, verdicts). Works on a running
-sweep too: a job without a final ``metrics.json`` is shown as running, with the validation curve it
-has so far.
+with a baseline arm (``lmlab.comparison``: intervals, paired tests, verdicts) and timed to its
+final loss (``lmlab.report_speed``). Works on a running sweep too: a job without a final
+``metrics.json`` is shown as running, with the validation curve it has so far.
 """
 
 from __future__ import annotations
