@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 from bench_common import compose, machine
 from lmlab.hardware import reuse_freed_memory
+from lmlab.report import read_curve
 from lmlab.schedule import warmup_cosine
 from textbook import TextbookGPT, adamw, train_step
 
@@ -90,13 +90,8 @@ def recipe_curve(run_dir: Path, metrics: dict) -> list[tuple[float, float]]:
     logger), each at its step times the run's mean seconds per step: its validations and
     checkpoint writes spread evenly over the steps."""
     per_step = metrics["train_time_s"] / metrics["steps"]
-    path = run_dir / "csv" / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path) as f:
-        # a training row's step is the global step before the one it logs
-        return [((int(row["step"]) + 1) * per_step, float(row["train/loss"]))
-                for row in csv.DictReader(f) if row.get("train/loss")]
+    # a training row's step is the global step before the one it logs
+    return [((step + 1) * per_step, loss) for step, loss in read_curve(run_dir, "train/loss")]
 
 
 def plot_curves(recipe: dict, arms: list[dict], path: Path) -> None:

@@ -56,15 +56,15 @@ def _job_sort_key(p: Path):
     return (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name)
 
 
-def read_curve(job_dir: Path) -> list[tuple[int, float]]:
-    """The validation losses logged during training, one per step (the CSV logger's file)."""
+def read_curve(job_dir: Path, metric: str = "val/loss") -> list[tuple[int, float]]:
+    """``metric`` per step as logged in training, by the CSV logger (empty without its file)."""
     path = job_dir / "csv" / "metrics.csv"
     if not path.is_file():
         return []
     curve: dict[int, float] = {}
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
-            v, step = row.get("val/loss"), row.get("step")
+            v, step = row.get(metric), row.get("step")
             if v and step:
                 curve.setdefault(int(float(step)), float(v))  # the first: training-time validation
     return sorted(curve.items())

@@ -50,6 +50,11 @@ def arm_scale(scale_of, jobs: list) -> float | None:
     return float(np.mean(scales)) if scales and None not in scales else None
 
 
+def completed_curves(arm) -> list:
+    """The arm's completed jobs that have a validation curve: the ones its lines are drawn from."""
+    return [j for j in arm.jobs if j.status == "completed" and j.curve]
+
+
 def val_loss_figure(arms: list):
     """Four panels (steps, tokens, FLOPs, seconds); None if no job has a validation curve yet."""
     if not any(j.curve for a in arms for j in a.jobs):
@@ -60,7 +65,7 @@ def val_loss_figure(arms: list):
     for ax, (xlabel, scale_of) in zip(axes, AXES):
         for i, arm in enumerate(arms):
             color = colors[i % len(colors)]
-            done = [j for j in arm.jobs if j.status == "completed" and j.curve]
+            done = completed_curves(arm)
             scale = arm_scale(scale_of, done)
             band = seed_band([j.curve for j in done])
             if band is not None and scale:

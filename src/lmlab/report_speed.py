@@ -5,7 +5,7 @@ reaches the baseline's final one. An arm that learns more per step but runs slow
 from __future__ import annotations
 
 from lmlab.comparison import resolve_baseline
-from lmlab.report_plots import arm_scale, seconds_per_step, seed_band
+from lmlab.report_plots import arm_scale, completed_curves, seconds_per_step, seed_band
 
 
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
@@ -31,7 +31,7 @@ def speed_section(arms: list, baseline: str | None) -> list[str]:
     base = resolve_baseline(arms, baseline)
     curves, scales = {}, {}
     for a in arms:
-        done = [j for j in a.jobs if j.status == "completed" and j.curve]
+        done = completed_curves(a)
         band, scale = seed_band([j.curve for j in done]), arm_scale(seconds_per_step, done)
         if band is not None and scale:
             curves[a.label], scales[a.label] = list(zip(band[0].tolist(), band[1].tolist())), scale

@@ -139,7 +139,8 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     trainer, meter = make_trainer(cfg, loggers)
     t0 = time.perf_counter()
     ckpt_path = cfg.get("ckpt_path") or requeued_checkpoint(out_dir)
-    reset_peak_memory(trainer.strategy.root_device)
+    device = trainer.strategy.root_device
+    reset_peak_memory(device)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     m = module.model
@@ -152,10 +153,10 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     if trainer.world_size > 1:  # identical on every rank when DDP kept the replicas in sync
         checksum = sum(p.detach().double().sum() for p in module.parameters())
         metrics["param_checksums"] = trainer.strategy.all_gather(checksum).tolist()
-    tps = meter.tokens_per_s or trainer.callback_metrics.get("train/tokens_per_s")  # a one-step run: that step's
+    # a run of one step has no run figure (its warm-up step is left out): that step's own
+    tps = meter.tokens_per_s or trainer.callback_metrics.get("train/tokens_per_s")
     if tps is not None:
         metrics.update(tokens_per_s=float(tps), mfu=meter.mfu, peak_flops=meter.peak)
-    device = trainer.strategy.root_device
     metrics["peak_memory_gib"] = peak_memory_bytes(device) / 2**30
     if meter.tokens_per_s is not None and trainer.is_global_zero:
         log.info(f"{meter.summary()}; peak memory {metrics['peak_memory_gib']:.2f} GiB "
