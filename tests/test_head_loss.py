@@ -57,16 +57,33 @@ def test_bf16_equals_autocast_cross_entropy(small_chunks):
         assert ((a - b).norm() / b.norm()).item() < 1e-2
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_padded_vocabulary_gives_the_same_loss_and_gradients(small_chunks, monkeypatch, bf16):
+    """The GPU's padding (1000 words to 1024 here, on the CPU): the padded columns never reach
+    the softmax or the gradients, so loss and gradients equal the unpadded ones, and the weight's
+    gradient keeps the weight's shape."""
+    monkeypatch.setattr(head_loss, "PAD_VOCAB", {"cpu": 64})
+    assert head_loss.padded_weight(torch.ones(V, C), torch.bfloat16).shape == (1024, C)
+    ref = loss_and_grads(reference, *inputs(), bf16=bf16)
+    ours = loss_and_grads(linear_cross_entropy, *inputs(), bf16=bf16)
+    assert ours[2].shape == (V, C)
+    torch.testing.assert_close(ours[0], ref[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(ours[1:], ref[1:]):
+        assert ((a - b).norm() / b.norm()).item() < (1e-2 if bf16 else 1e-5)
+
+
 def test_gradients_pass_gradcheck_in_fp64(small_chunks):
     x, w, y = inputs(torch.float64)
     assert torch.autograd.gradcheck(lambda x, w: linear_cross_entropy(x, w, y), (x, w))
 
 
 @pytest.mark.parametrize("bf16", [False, True])
-def test_a_target_whose_probability_underflows_keeps_its_exact_loss(small_chunks, bf16):
+@pytest.mark.parametrize("pad", [1, 64])
+def test_a_target_whose_probability_underflows_keeps_its_exact_loss(small_chunks, monkeypatch, bf16, pad):
     """Rows in three row blocks whose target is 400 nats below the best logit: its probability
     underflows in fp32; their loss, a log-sum-exp over logits taken again, must not, and the
-    other rows' losses are -log of their target's probability."""
+    other rows' losses are -log of their target's probability; with the vocabulary padded too."""
+    monkeypatch.setattr(head_loss, "PAD_VOCAB", {"cpu": pad})
     x, w, y = inputs()
     x, w = x.detach().clone(), w.detach().clone()
     far = [0, 7, 46]  # blocks of 5 rows: the first, the second, the last (ragged)
