@@ -13,8 +13,11 @@ import time
 
 import torch
 
+from omegaconf import OmegaConf
+
 from bench_common import compose, machine
 from bench_train import lmlab_step
+from textbook import TextbookGPT, adamw, train_step
 from lmlab.hardware import data_sheet_peak, measured_matmul_flops
 
 GPT2_124M = ["model=gpt2", "module/optimizer=adamw"]
@@ -33,6 +36,20 @@ def device_line(device: torch.device) -> str:
     return machine()
 
 
+def median_step(step, device: torch.device, warmup: int, steps: int) -> float:
+    """Median seconds of ``steps`` calls of ``step`` after ``warmup`` untimed ones (compilation)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def cmd_gpu(args) -> None:
     from lmlab.training import build_module
 
@@ -43,26 +60,27 @@ def cmd_gpu(args) -> None:
     overrides = [*GPT2_124M, f"model.compile={str(not args.no_compile).lower()}", *args.overrides]
     print(device_line(device))
     torch.manual_seed(0)
-    module = build_module(compose(overrides)).to(device)
+    cfg = compose(overrides)
+    module = build_module(cfg).to(device)
     model = module.model
     B, T = args.batch, model.context_length
     batch = torch.randint(0, model.cfg["vocab_size"], (B, T + 1), device=device)
-    step = lmlab_step(module, batch, bf16=True)
+    compiled = not args.no_compile
+    textbook = TextbookGPT.like(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
+    textbook_opt = adamw(textbook, lr=1e-4)
+    textbook_model = torch.compile(textbook) if compiled else textbook  # nanoGPT compiles it whole
+    steps = {"lmlab": lmlab_step(module, batch, bf16=True),
+             "textbook": lambda: train_step(textbook_model, textbook_opt, batch, bf16=True)}
     flops = model.flops_per_token() * B * T
     print(f"training step: {model.num_params():,} parameters, batch {B} x {T} tokens, bf16 autocast, "
-          f"{'eager' if args.no_compile else 'compiled'}; {args.warmup} warm-up steps, median of {args.steps}")
-    for _ in range(args.warmup):  # compilation happens here
-        step()
-    times = []
-    for _ in range(args.steps):
-        synchronize(device)
-        t0 = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    t = statistics.median(times)
+          f"{'compiled' if compiled else 'eager'}; {args.warmup} warm-up steps, median of {args.steps}")
+    times = {name: median_step(fn, device, args.warmup, args.steps) for name, fn in steps.items()}
+    t = times["lmlab"]
     measured = measured_matmul_flops(torch.bfloat16, args.matmul_n, str(device))
-    print(f"  {t * 1e3:8.1f} ms/step {B * T / t:10.0f} tokens/s {flops / t / 1e12:7.1f} TFLOP/s")
+    for name, seconds in times.items():
+        print(f"  {name:9s}{seconds * 1e3:8.1f} ms/step {B * T / seconds:10.0f} tokens/s "
+              f"{flops / seconds / 1e12:7.1f} TFLOP/s")
+    print(f"  lmlab / textbook: {times['textbook'] / t:.2f}x the tokens/s")
     print(f"  MFU {flops / t / measured:6.1%} against a {args.matmul_n} x {args.matmul_n} bf16 matmul "
           f"timed here ({measured / 1e12:.1f} TFLOP/s)")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
@@ -71,6 +89,23 @@ def cmd_gpu(args) -> None:
               f"({peak / 1e12:.0f} TFLOP/s; target >= 45%)")
     else:
         print(f"  no data-sheet peak known for {name or device.type!r}")
+    if args.profile:
+        profile(steps["lmlab"], device, args.profile)
+
+
+def profile(step, device: torch.device, steps: int, rows: int = 25) -> None:
+    """Where a step's time goes: torch.profiler over ``steps`` steps, the kernels (or CPU ops)
+    that took the most device time, and the host's and the device's totals."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"profile of {steps} steps, by {sort}:")
+    print(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=70))
 
 
 OPTIONS = [
@@ -81,4 +116,6 @@ OPTIONS = [
     ("--warmup", dict(type=int, default=5, help="untimed steps first (compilation)")),
     ("--no-compile", dict(action="store_true", help="eager instead of model.compile=true")),
     ("--matmul-n", dict(type=int, default=8192, help="size of the peak-measuring matmul")),
+    ("--profile", dict(type=int, default=0, metavar="STEPS",
+                       help="then profile this many steps: the kernels that took the most time")),
 ]

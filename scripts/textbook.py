@@ -83,7 +83,7 @@ def adamw(model: nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: torch.Tensor, bf16: bool) -> torch.Tensor:
     """One step on a (B, T+1) batch: forward, cross-entropy on the full logits, backward, clip, step."""
     x, y = batch[:, :-1], batch[:, 1:]
-    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+    with torch.autocast(batch.device.type, torch.bfloat16, enabled=bf16):
         logits = model(x)
     loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1))
     loss.backward()

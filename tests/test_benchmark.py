@@ -32,9 +32,11 @@ def test_gpu_section_runs_its_step_on_a_cpu_and_reports_tokens_and_mfu():
     """The GPU section (GPT-2 124M, bf16, compiled) on a CPU at a tiny size and eager: the same
     code a GPU runs, minus the device."""
     out = benchmark("gpu", "--device", "cpu", *TINY_MODEL, "model.context_length=16", "--batch", "2",
-                    "--steps", "2", "--warmup", "1", "--no-compile", "--matmul-n", "128")
+                    "--steps", "2", "--warmup", "1", "--no-compile", "--matmul-n", "128", "--profile", "1")
     assert out.startswith("machine: ") and "batch 2 x 16 tokens, bf16 autocast, eager" in out
+    assert "  lmlab " in out and "  textbook " in out and "lmlab / textbook: " in out
     assert " tokens/s " in out and "bf16 matmul timed here" in out
+    assert "profile of 1 steps" in out and "aten::mm" in out  # the profiler's table of ops
     assert "no data-sheet peak known for 'cpu'" in out
 
 
