@@ -18,11 +18,6 @@ aligned, and 50,257 bf16 columns do not. Unpadded, the head's three matmuls ran 
 kernel at ~95 TFLOP/s on an H200, 31 ms of a 67 ms GPT-2 step. The padded columns' logits are
 exactly 0 and never enter the softmax; their gradient is 0.
 
-With ``model.compile`` on a GPU, the softmax, the losses and the gradient are one compiled
-function (``softmax_grad_``) over all rows: a reduction and one pass that writes the gradient over
-the bf16 logits, instead of an fp32 softmax and its copies in row blocks (13 of the 42 ms of an
-H200's GPT-2 step before); its losses are log-sum-exps, exact with no underflow check.
-
 The loss is the mean over tokens, as ``F.cross_entropy``: the logits are rounded to the compute
 dtype exactly as autocast's matmul rounds them, and everything after is fp32.
 """
@@ -62,23 +57,6 @@ def target_probs_and_grad(logits: torch.Tensor, targets: torch.Tensor, acc: torc
     return p_target
 
 
-def softmax_grad_(padded: torch.Tensor, targets: torch.Tensor, V: int) -> torch.Tensor:
-    """padded (N, Vp) logits in the compute dtype, the columns from V on padding; targets (N,)
-    -> each row's cross-entropy (N,) in fp32, by log-sum-exp; the logits are overwritten by the
-    gradient of the summed losses, ``softmax - onehot`` (0 in the padding). Plain ops, written for
-    torch.compile to fuse (``compiled_softmax_grad_``)."""
-    col = torch.arange(padded.shape[1], device=padded.device)  # (Vp,)
-    x = padded.float().masked_fill(col >= V, float("-inf"))  # (N, Vp): the padding takes no share
-    m = x.amax(-1, keepdim=True)  # (N, 1)
-    e = (x - m).exp()
-    s = e.sum(-1, keepdim=True)  # (N, 1)
-    padded.copy_(e / s - (col == targets[:, None]).float())
-    return (s.log() + m)[:, 0] - x.gather(1, targets[:, None])[:, 0]
-
-
-compiled_softmax_grad_ = torch.compile(softmax_grad_, dynamic=False)  # compiles on its first call
-
-
 def cross_entropy_rows(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, acc) -> torch.Tensor:
     """x (r, C), weight (V, C), targets (r,) -> the rows' cross-entropy (r,) in ``acc``, by
     log-sum-exp over their logits computed afresh."""
@@ -86,38 +64,25 @@ def cross_entropy_rows(x: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     return logits.logsumexp(-1) - logits.gather(1, targets[:, None])[:, 0]
 
 
-def row_block_losses(padded: torch.Tensor, xc: torch.Tensor, wc: torch.Tensor, targets: torch.Tensor,
-                     V: int) -> torch.Tensor:
-    """padded (N, Vp) logits, xc (N, C), wc (Vp, C), targets (N,) -> each row's cross-entropy
-    (N,) in fp32 (fp64 for fp64 inputs); the logits are overwritten by their gradient, a block of
-    rows at a time while they are in cache."""
-    N, acc = len(padded), torch.promote_types(padded.dtype, torch.float32)
-    grad = padded[:, :V]  # (N, V), a view
-    rows = max(1, (ROW_BYTES if grad.device.type == "cpu" else GPU_ROW_BYTES) // (4 * V))
-    p_target = torch.cat([target_probs_and_grad(grad[i:i + rows], targets[i:i + rows], acc)
-                          for i in range(0, N, rows)])  # (N,)
-    losses = -p_target.log()
-    # rows whose target is so unlikely its probability underflowed: one check per step, and
-    # those rows' logits are taken again
-    lost = (p_target < torch.finfo(acc).tiny).nonzero()[:, 0]
-    if len(lost):
-        losses[lost] = cross_entropy_rows(xc[lost], wc[:V], targets[lost], acc)
-    return losses
-
-
 class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype,
-                compiled: bool):
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype):
         # x (N, C), weight (V, C), targets (N,) -> mean cross-entropy of x @ weight.T, fp32 scalar
         with torch.autocast(x.device.type, enabled=False):
-            V = weight.shape[0]
+            N, V = x.shape[0], weight.shape[0]
             xc, wc = x.to(dtype), padded_weight(weight, dtype)  # (N, C), (Vp, C)
             padded = xc @ wc.t()  # (N, Vp): the logits, overwritten below by their gradient
-            if compiled and x.device.type == "cuda":
-                losses = compiled_softmax_grad_(padded, targets, V)
-            else:
-                losses = row_block_losses(padded, xc, wc, targets, V)
+            grad = padded[:, :V]  # (N, V), a view
+            acc = torch.promote_types(dtype, torch.float32)  # fp32, or fp64 for gradcheck
+            rows = max(1, (ROW_BYTES if grad.device.type == "cpu" else GPU_ROW_BYTES) // (4 * V))
+            p_target = torch.cat([target_probs_and_grad(grad[i:i + rows], targets[i:i + rows], acc)
+                                  for i in range(0, N, rows)])  # (N,)
+            losses = -p_target.log()
+            # rows whose target is so unlikely its probability underflowed: one check per step,
+            # and those rows' logits are taken again
+            lost = (p_target < torch.finfo(acc).tiny).nonzero()[:, 0]
+            if len(lost):
+                losses[lost] = cross_entropy_rows(xc[lost], wc[:V], targets[lost], acc)
         ctx.save_for_backward(padded, xc, wc)
         ctx.dtypes = (x.dtype, weight.dtype, V)
         return losses.mean()
@@ -135,13 +100,11 @@ class LinearCrossEntropy(torch.autograd.Function):
             dw = torch.empty((V, wc.shape[1]), dtype=w_dtype, device=wc.device)  # (V, C)
             for v in range(0, V, VOCAB_CHUNK):
                 dw[v:v + VOCAB_CHUNK].copy_(grad[:, v:min(v + VOCAB_CHUNK, V)].t() @ xs)
-        return dx, dw, None, None, None
+        return dx, dw, None, None
 
 
-def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         compiled: bool = False) -> torch.Tensor:
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """x (..., C) features, weight (V, C), targets (...) -> the mean cross-entropy of the logits
-    x @ weight.T, as ``F.cross_entropy`` over fp32 logits rounded to the autocast dtype.
-    ``compiled`` (model.compile): on a GPU, the softmax and gradient as one compiled function."""
+    x @ weight.T, as ``F.cross_entropy`` over fp32 logits rounded to the autocast dtype."""
     flat = x.reshape(-1, x.shape[-1])
-    return LinearCrossEntropy.apply(flat, weight, targets.reshape(-1), compute_dtype(x), compiled)
+    return LinearCrossEntropy.apply(flat, weight, targets.reshape(-1), compute_dtype(x))

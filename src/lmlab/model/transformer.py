@@ -208,5 +208,4 @@ class Transformer(nn.Module):
         logits): the LM head and the loss run as one function that never holds fp32 logits
         (``head_loss.py``), equal to ``F.cross_entropy`` on ``forward``'s logits."""
         x = self.norm(self.features(idx))  # (B, T, C)
-        loss = linear_cross_entropy(x, self.lm_head.weight, targets, compiled=self._compiled is not None)
-        return loss, ModelOutput(None, self.aux_losses())
+        return linear_cross_entropy(x, self.lm_head.weight, targets), ModelOutput(None, self.aux_losses())
