@@ -1,6 +1,8 @@
 """`benchmark.py gpu`: GPT-2 124M at context 1024 on a GPU - bf16 autocast, torch.compile, flash
-attention (``kernel=auto`` is ``sdpa`` on a GPU) - with tokens/s and MFU against the GPU's dense
-bf16 peak from its data sheet, and against a bf16 matmul timed in the same run.
+attention (``kernel=auto`` is ``sdpa`` on a GPU) - timed beside the textbook loop on the same
+device and batch (compiled whole, as nanoGPT does), with tokens/s, the ratio, and MFU against the
+GPU's dense bf16 peak from its data sheet and against a bf16 matmul timed in the same run;
+``--profile N`` then lists the kernels that took the step's time.
 
 ``--device cpu`` with small overrides runs the same code on a CPU (the test suite does, so that
 the section works on the day a GPU is at hand); its MFU is then against the matmul alone.
