@@ -10,14 +10,11 @@ the section works on the day a GPU is at hand); its MFU is then against the matm
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 from omegaconf import OmegaConf
 
-from bench_common import compose, machine
+from bench_common import bench, compose, machine
 from bench_train import lmlab_step
 from textbook import TextbookGPT, adamw, train_step
 from lmlab.hardware import data_sheet_peak, measured_matmul_flops
@@ -38,18 +35,12 @@ def device_line(device: torch.device) -> str:
     return machine()
 
 
-def median_step(step, device: torch.device, warmup: int, steps: int) -> float:
-    """Median seconds of ``steps`` calls of ``step`` after ``warmup`` untimed ones (compilation)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        synchronize(device)
-        t0 = time.perf_counter()
+def synced(step, device: torch.device):
+    """``step`` followed by a wait for the device, so that a timer around it counts its kernels."""
+    def run():
         step()
         synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return run
 
 
 def cmd_gpu(args) -> None:
@@ -75,8 +66,8 @@ def cmd_gpu(args) -> None:
              "textbook": lambda: train_step(textbook_model, textbook_opt, batch, bf16=True)}
     flops = model.flops_per_token() * B * T
     print(f"training step: {model.num_params():,} parameters, batch {B} x {T} tokens, bf16 autocast, "
-          f"{'compiled' if compiled else 'eager'}; {args.warmup} warm-up steps, median of {args.steps}")
-    times = {name: median_step(fn, device, args.warmup, args.steps) for name, fn in steps.items()}
+          f"{'compiled' if compiled else 'eager'}; {args.warmup} warm-up steps, median of {args.steps} taken in turns")
+    times = bench({name: synced(fn, device) for name, fn in steps.items()}, args.steps, args.warmup)
     t = times["lmlab"]
     measured = measured_matmul_flops(torch.bfloat16, args.matmul_n, str(device))
     for name, seconds in times.items():

@@ -50,7 +50,6 @@ def test_fused_head_loss_equals_autocast_cross_entropy_on_cuda(monkeypatch):
 def test_causal_attention_runs_on_the_flash_kernel():
     """Training-shape attention (no KV cache, plain causal) asks sdpa for no mask, so the flash
     kernel can take it: forced to flash alone it runs, and equals the manual kernel."""
-    torch.manual_seed(0)
     outs = []
     for kernel in ("auto", "manual"):
         torch.manual_seed(0)
