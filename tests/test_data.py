@@ -3,7 +3,8 @@ import torch
 import pytest
 
 from lmlab.data.corpus import markdown_to_text, shakespeare_plays
-from lmlab.data.datamodule import FixedWindows, TokenDataModule
+from lmlab.data.datamodule import TokenDataModule
+from lmlab.data.fixed_windows import FixedWindows
 from lmlab.data.window_stream import ResumableLoader, WindowBatches
 from lmlab.data.tokenizer import get_tokenizer
 

@@ -4,6 +4,9 @@ too, so every refusal below exits with status 2."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from lmlab.config import conf_dir
@@ -37,6 +40,22 @@ def test_train_py_refuses_in_one_line_before_compute(override, message, tmp_path
     assert refused(proc) == f"lmlab: error: {message}"
     assert "parameters" not in proc.stdout + proc.stderr  # no model was built
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("train", ["model=nonexistent"]),
+    ("generate", ["ckpt_path=none.ckpt", "top_p=1.5"]),
+])
+def test_a_bad_command_line_is_refused_without_loading_lightning(script, argv):
+    """Refusals come before Lightning is imported (~3-6 s of a 2-core machine's start-up): the
+    entry points import it only for a command line that passed its checks."""
+    code = (f"import sys; sys.argv = ['{script}.py', *{argv!r}]\n"
+            "from lmlab import cli\n"
+            f"try:\n    cli.{script}()\n"
+            "except SystemExit as e:\n    print(e.code, 'lightning' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr[-2000:]
+    assert proc.stderr.startswith("lmlab: error: "), proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("overrides, message", [

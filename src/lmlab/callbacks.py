@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
+from lmlab.errors import Diverged
 from lmlab.model.transformer import Transformer
 
 
@@ -26,10 +27,6 @@ def progress_bars(enabled: bool) -> list[L.Callback]:
     """The progress bar for a run: StepsProgressBar where ``rich`` is installed (where Lightning
     would pick its rich bar); none when disabled or without rich (Lightning's tqdm bar)."""
     return [StepsProgressBar()] if enabled and importlib.util.find_spec("rich") else []
-
-
-class Diverged(RuntimeError):
-    """Training produced a non-finite loss; the run is stopped and recorded as failed."""
 
 
 class DivergenceGuard(L.Callback):

@@ -11,17 +11,14 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from lmlab.callbacks import Diverged
 from lmlab.checkpoint import load_module
-from lmlab.resume import CheckpointSaveError
 from lmlab.config import conf_dir, register_resolvers
 from lmlab.console import quiet_third_party
-from lmlab.errors import UserError, check_choice, exit_with
+from lmlab.errors import CheckpointSaveError, Diverged, UserError, check_choice, exit_with
 from lmlab.evaluation import score, summary
 from lmlab.hardware import reuse_freed_memory
 from lmlab.overrides import check_argv, finished_run_message
 from lmlab.sampling import sample_texts
-from lmlab.training import build_datamodule, train as run_job
 from lmlab.validate import check_sampling, check_value
 
 CONF_DIR = conf_dir()
@@ -29,6 +26,8 @@ CONF_DIR = conf_dir()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _train(cfg: DictConfig) -> float | None:
+    from lmlab.training import train as run_job  # Lightning: only once the command line is good
+
     quiet_third_party()
     torch.set_float32_matmul_precision("high")
     if cfg.get("reuse_freed_memory", True):
@@ -101,6 +100,8 @@ def _generate(cfg: DictConfig) -> None:
 def _evaluate(cfg: DictConfig) -> float:
     """Loss and perplexity of a checkpoint on held-out text (``split``), and optionally at other
     context lengths (``extrapolate=[1,2,4,8]``); written to ``<run dir>/eval.json``."""
+    from lmlab.training import build_datamodule  # Lightning: only once the command line is good
+
     quiet_third_party()
     try:
         module = load_module(cfg.ckpt_path, "cpu")

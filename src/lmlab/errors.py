@@ -1,4 +1,5 @@
-"""User-facing errors: one line that names the bad value and what is allowed."""
+"""User-facing errors: one line that names the bad value and what is allowed; the faults a run
+stops on. Nothing here imports torch or Lightning, so a bad command line is refused quickly."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ from collections.abc import Iterable
 
 class UserError(Exception):
     """A bad value in the user's config or arguments, reported in one line before compute."""
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; the run is stopped and recorded as failed."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written; the file it was to replace is intact."""
 
 
 def check_choice(key: str, value, choices: Iterable) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmlab.data.datamodule import FixedWindows
+from lmlab.data.fixed_windows import FixedWindows
 
 TOKENS_PER_BATCH = 1024  # logits of (windows x length) tokens x vocab at a time: ~200 MB in fp32
 

@@ -14,6 +14,8 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lmlab.errors import CheckpointSaveError
+
 
 def requeued_checkpoint(run_dir: Path) -> str | None:
     """A SLURM job started again by a requeue (``SLURM_RESTART_COUNT`` > 0) in the same run
@@ -95,10 +97,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     else "the checkpoints saved before are intact")
             raise CheckpointSaveError(
                 f"could not save checkpoint {path}: {cause.strerror or cause}; {kept}") from err
-
-
-class CheckpointSaveError(OSError):
-    """A checkpoint could not be written; the file it was to replace is intact."""
 
 
 def os_error(err: BaseException | None) -> OSError | None:

@@ -13,9 +13,9 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.budget import match_params
-from lmlab.callbacks import Diverged, DivergenceGuard, progress_bars
+from lmlab.callbacks import DivergenceGuard, progress_bars
 from lmlab.config import conf_dir
-from lmlab.errors import UserError
+from lmlab.errors import Diverged, UserError
 from lmlab.evaluation import score, summary
 from lmlab.hardware import peak_memory_bytes, peak_memory_kind, reset_peak_memory
 from lmlab.loggers import WandbRuns, make_loggers
