@@ -74,13 +74,13 @@ def test_compiled_decoding_generates_the_eager_tokens(variant, max_graphs):
 def test_a_checkpoint_loads_compiled_or_not_on_request(compile, tmp_path):
     """generate.py's ``compile``: null keeps the checkpoint's model.compile (here true), true or
     false replaces it; the weights are the checkpoint's either way."""
-    from lmlab.checkpoint import load_module
+    from lmlab.checkpoint import load_model
     from lmlab.module import LanguageModule
 
     trained = LanguageModule(model=model_cfg(SMALL + ["model.compile=true"]))
     path = tmp_path / "m.ckpt"
     torch.save({"hyper_parameters": dict(trained.hparams), "state_dict": trained.state_dict()}, path)
-    loaded = load_module(path, "cpu", compile=compile).model
+    loaded = load_model(path, "cpu", compile=compile)
     assert loaded.compiled_decoding is (compile is not False)
     for key, value in trained.state_dict().items():
         assert torch.equal(loaded.state_dict()[key.removeprefix("model.")], value), key

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.checkpoint import check_targets, load_module, read_checkpoint
+from lmlab.checkpoint import check_targets, load_model, read_checkpoint
 from lmlab.errors import UserError
 from tests.conftest import ROOT
 from tests.test_errors_config import refused
@@ -53,7 +53,7 @@ def test_truncated_empty_and_random_files(ckpt, tmp_path):
         path = tmp_path / f"{name}.ckpt"
         path.write_bytes(content)
         with pytest.raises(UserError) as err:
-            load_module(path, "cpu")
+            load_model(path, "cpu")
         msg = str(err.value)
         assert msg.startswith(f"ckpt_path: cannot read checkpoint {path}: the file is ")
         assert ("empty" if name == "empty" else "truncated or corrupt") in msg and "\n" not in msg
@@ -97,7 +97,7 @@ def test_a_checkpoint_of_another_architecture_names_the_key_and_shapes(ckpt, tmp
     torch.save(state, tmp_path / "mixed.ckpt")
     with pytest.raises(UserError, match=r"^checkpoint does not fit the model: the model's "
                                         r"model\.blocks\.1\..* missing from the checkpoint$"):
-        load_module(tmp_path / "mixed.ckpt", "cpu")
+        load_model(tmp_path / "mixed.ckpt", "cpu")
     assert read_checkpoint(ckpt)["global_step"] == 2  # the good one still loads
 
 
@@ -133,6 +133,6 @@ def test_a_checkpoint_naming_a_renamed_class_still_loads(tmp_path):
     state = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
     state["hyper_parameters"]["model"] = {**cfg, "position": {"_target_": "lmlab.model.position.Position"}}
     torch.save(state, tmp_path / "old.ckpt")
-    loaded = load_module(tmp_path / "old.ckpt", "cpu")
-    assert isinstance(loaded.model.position, NoPosition)
-    torch.testing.assert_close(loaded.state_dict(), module.state_dict())
+    loaded = load_model(tmp_path / "old.ckpt", "cpu")
+    assert isinstance(loaded.position, NoPosition)
+    torch.testing.assert_close(loaded.state_dict(), module.model.state_dict())

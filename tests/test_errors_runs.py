@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lmlab.checkpoint import load_module
+from lmlab.checkpoint import load_model
 from tests.test_errors_config import refused
 from tests.test_train_cli import FAST, run
 
@@ -50,8 +50,8 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["status"] == "failed" and record["error"].startswith("Diverged: non-finite")
     assert torch.load(last, weights_only=True)["global_step"] == 2
-    module = load_module(last, "cpu")
-    assert all(torch.isfinite(p).all() for p in module.parameters())
+    model = load_model(last, "cpu")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_a_nan_training_loss_stops_the_run(tmp_path):

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from lmlab.checkpoint import load_module
+from lmlab.checkpoint import load_model
 from lmlab.sampling import sample_text
 from tests.test_train_cli import FAST, run
 
@@ -19,13 +19,13 @@ def test_fsdp_trains_on_cpu_and_a_single_process_samples_from_its_checkpoint(tmp
     record = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert record["status"] == "completed" and record["world_size"] == 2 and record["steps"] == 6
     ckpt = tmp_path / "r" / "checkpoints" / "last.ckpt"
-    module = load_module(ckpt, "cpu")  # weights_only, one process, no FSDP
+    model = load_model(ckpt, "cpu")  # weights_only, one process, no FSDP
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     assert state["model.tok_emb.weight"].shape == (50257, 32)  # gathered, not flat shards
-    assert {k: v.shape for k, v in module.state_dict().items()} == {k: v.shape for k, v in state.items()}
+    assert {f"model.{k}": v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in state.items()}
     batch = torch.randint(0, 50257, (2, 17))
     with torch.no_grad():
-        ce, _ = module.model.loss(batch[:, :-1], batch[:, 1:])
+        ce, _ = model.loss(batch[:, :-1], batch[:, 1:])
     assert torch.isfinite(ce)
-    text = sample_text(module.model, "gpt2", "ROMEO:", max_new_tokens=5, temperature=0.0)
+    text = sample_text(model, "gpt2", "ROMEO:", max_new_tokens=5, temperature=0.0)
     assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")

@@ -86,21 +86,23 @@ def check_fits(module: torch.nn.Module, state_dict: dict) -> None:
         raise UserError(f"checkpoint does not fit the model: {'; '.join(parts)}")
 
 
-def load_module(path: str | Path, device: str = "auto", compile: bool | None = None):
-    """A trained LanguageModule in eval mode, from a Lightning checkpoint lmlab wrote; with
-    ``compile`` true or false, its ``model.compile`` replaced (the weights are the same either way)."""
-    from lmlab.module import LanguageModule
+def load_model(path: str | Path, device: str = "auto", compile: bool | None = None):
+    """A trained Transformer in eval mode, from a checkpoint lmlab wrote; with ``compile`` true or
+    false, its ``model.compile`` replaced (the weights are the same either way). Lightning is not
+    imported: the checkpoint's weights are the LanguageModule's ``model.*`` and nothing else."""
+    from lmlab.model.transformer import Transformer
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     ckpt = read_checkpoint(path, map_location=device)
-    hparams = ckpt["hyper_parameters"]
+    cfg = ckpt["hyper_parameters"]["model"]
     if compile is not None:
-        hparams = {**hparams, "model": {**hparams["model"], "compile": compile}}
+        cfg = {**cfg, "compile": compile}
     try:
-        module = LanguageModule(**hparams)
+        model = Transformer(cfg)
     except (ValueError, TypeError) as err:
         raise UserError(f"ckpt_path: {path}: its stored model config cannot be built: {err}") from None
-    check_fits(module, ckpt["state_dict"])
-    module.load_state_dict(ckpt["state_dict"])
-    return module.to(device).eval()
+    as_saved = torch.nn.ModuleDict({"model": model})  # keys as the checkpoint has them: model.*
+    check_fits(as_saved, ckpt["state_dict"])
+    as_saved.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval()

@@ -11,7 +11,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from lmlab.checkpoint import load_module
+from lmlab.checkpoint import load_model
 from lmlab.config import conf_dir, register_resolvers
 from lmlab.console import quiet_third_party
 from lmlab.errors import CheckpointSaveError, Diverged, UserError, check_choice, exit_with
@@ -75,14 +75,14 @@ def _generate(cfg: DictConfig) -> None:
             check_sampling("", cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, prompt)
         check_value("num_samples", cfg.num_samples, 1, True, False)
         check_choice("compile", cfg.compile, (True, False, None))
-        module = load_module(cfg.ckpt_path, cfg.device, compile=cfg.compile)
+        model = load_model(cfg.ckpt_path, cfg.device, compile=cfg.compile)
     except (UserError, ValueError) as err:
         exit_with(err)
     live = cfg.stream and len(prompts) * cfg.num_samples == 1
     if live:
         print(prompts[0], end="", flush=True)
     texts = sample_texts(
-        module.model, cfg.tokenizer, prompts, num_samples=cfg.num_samples, seed=cfg.seed,
+        model, cfg.tokenizer, prompts, num_samples=cfg.num_samples, seed=cfg.seed,
         stop=list(cfg.stop or []), stop_at_eos=cfg.stop_at_eos,
         on_text=(lambda row, piece: print(piece, end="", flush=True)) if live else None,
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
@@ -104,10 +104,10 @@ def _evaluate(cfg: DictConfig) -> float:
 
     quiet_third_party()
     try:
-        module = load_module(cfg.ckpt_path, "cpu")
-        cfg.model.context_length = module.model.context_length
+        model = load_model(cfg.ckpt_path, "cpu")
+        cfg.model.context_length = model.context_length
         datamodule = build_datamodule(cfg)
-        result = score(module.model, datamodule, cfg.split, cfg.extrapolate, cfg.data.val_windows)
+        result = score(model, datamodule, cfg.split, cfg.extrapolate, cfg.data.val_windows)
     except (UserError, ValueError) as err:
         exit_with(err)
     result = {"ckpt_path": cfg.ckpt_path, **result}

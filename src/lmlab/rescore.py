@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from lmlab.checkpoint import load_module
+from lmlab.checkpoint import load_model
 from lmlab.data.datamodule import TokenDataModule
 from lmlab.evaluation import score, summary
 from lmlab.run_record import job_status, read_record, write_record
@@ -28,12 +28,12 @@ def rescore_job(job_dir: Path, factors: list[float], cache_dir: str) -> dict | N
     record = read_record(job_dir)
     if job_status(record) != "completed" or not record.get("checkpoint"):
         return None
-    module = load_module(record["checkpoint"], "cpu")
+    model = load_model(record["checkpoint"], "cpu")
     data = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())["data"]
     datamodule = TokenDataModule(**{k: data[k] for k in DATA_KEYS if k in data},
-                                 context_length=module.model.context_length, cache_dir=cache_dir)
+                                 context_length=model.context_length, cache_dir=cache_dir)
     split = "test" if datamodule.has_test_split else "val"
-    result = score(module.model, datamodule, split, factors, max_windows=None)
+    result = score(model, datamodule, split, factors, max_windows=None)
     record["extrapolation"] = {k: result[k] for k in ("split", "context_length", "extrapolation")}
     write_record(job_dir, record)
     return result

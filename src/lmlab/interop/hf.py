@@ -99,7 +99,7 @@ def save_checkpoint(model: Transformer, path: str | Path, **module_kwargs) -> Pa
 
 def load_checkpoint(path: str | Path) -> Transformer:
     """The Transformer of an lmlab (Lightning) checkpoint, on the CPU."""
-    from lmlab.checkpoint import load_module
+    from lmlab.checkpoint import load_model
 
-    return load_module(path, "cpu").model
+    return load_model(path, "cpu")
 
