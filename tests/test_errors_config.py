@@ -43,12 +43,15 @@ def test_train_py_refuses_in_one_line_before_compute(override, message, tmp_path
 
 
 @pytest.mark.parametrize("script, argv", [
-    ("train", ["model=nonexistent"]),
+    ("train", ["model=nonexistent"]),  # refused before Hydra runs
+    ("train", ["trainer.max_steps=0"]),  # refused by validate.check_config, in the job
+    ("train", ["module.warmup_steps=500", "trainer.max_steps=400"]),
     ("generate", ["ckpt_path=none.ckpt", "top_p=1.5"]),
 ])
-def test_a_bad_command_line_is_refused_without_loading_lightning(script, argv):
+def test_a_bad_command_line_is_refused_without_loading_lightning(script, argv, tmp_path):
     """Refusals come before Lightning is imported (~3-6 s of a 2-core machine's start-up): the
-    entry points import it only for a command line that passed its checks."""
+    entry points import it only for a command line and a config that passed their checks."""
+    argv = [*argv, f"hydra.run.dir={tmp_path / 'run'}"]
     code = (f"import sys; sys.argv = ['{script}.py', *{argv!r}]\n"
             "from lmlab import cli\n"
             f"try:\n    cli.{script}()\n"

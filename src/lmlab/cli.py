@@ -17,6 +17,7 @@ from lmlab.console import quiet_third_party
 from lmlab.errors import CheckpointSaveError, Diverged, UserError, check_choice, exit_with
 from lmlab.evaluation import score, summary
 from lmlab.hardware import reuse_freed_memory
+from lmlab.job import train as run_job
 from lmlab.overrides import check_argv, finished_run_message
 from lmlab.sampling import sample_texts
 from lmlab.validate import check_sampling, check_value
@@ -26,8 +27,6 @@ CONF_DIR = conf_dir()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _train(cfg: DictConfig) -> float | None:
-    from lmlab.training import train as run_job  # Lightning: only once the command line is good
-
     quiet_third_party()
     torch.set_float32_matmul_precision("high")
     if cfg.get("reuse_freed_memory", True):

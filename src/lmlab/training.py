@@ -1,5 +1,5 @@
-"""One training run, from a composed config to trained checkpoints, a sample and the run record:
-the body of ``python train.py``."""
+"""One training run, from a checked config to trained checkpoints, a sample and the run record:
+the body of ``python train.py`` (``lmlab.job`` guards and checks it first)."""
 
 from __future__ import annotations
 
@@ -19,13 +19,11 @@ from lmlab.errors import Diverged, UserError
 from lmlab.evaluation import score, summary
 from lmlab.hardware import peak_memory_bytes, peak_memory_kind, reset_peak_memory
 from lmlab.loggers import WandbRuns, make_loggers
-from lmlab.multirun_ddp import needs_own_process, run_as_child
 from lmlab.resume import AtomicCheckpointIO, RNGState, StepBoundarySignals, requeued_checkpoint
 from lmlab.run_limits import stopped_by, sweep_time_limit, tokens_per_step
-from lmlab.run_record import check_not_finished, hydra_job, record_failure, start_record, write_record
+from lmlab.run_record import hydra_job, start_record, write_record
 from lmlab.sampling import sample_text
 from lmlab.throughput import ThroughputMeter
-from lmlab.validate import check_config
 
 log = logging.getLogger("lmlab")
 
@@ -61,37 +59,10 @@ def describe(module) -> str:
     return f"model: {params}, {m.flops_per_token() / 1e6:,.1f} MFLOPs per token (training)"
 
 
-def train(cfg: DictConfig) -> float | None:
-    """One job. In a multirun, a failing or diverging job is recorded as failed in its run
-    record and returns NaN so the other jobs go on (Hydra's sweepers would otherwise raise the
-    first failure and stop); a single run raises."""
-    check_not_finished(_run_dir(cfg))  # before anything is written into it
-    try:
-        if needs_own_process(cfg):  # multirun + DDP: see lmlab.multirun_ddp
-            return run_as_child(cfg)
-        metrics = run_training(cfg)
-    except Exception as err:
-        record = record_failure(_run_dir(cfg), err, cfg.get("seed"))
-        if hydra_job().get("multirun"):
-            log.error(f"job failed, the sweep goes on: {record['error']}",
-                      exc_info=not isinstance(err, (UserError, Diverged)))
-            return float("nan")  # Optuna marks a NaN trial as failed
-        raise
-    return metrics.get("val_loss")
-
-
-def _run_dir(cfg: DictConfig) -> Path:
-    try:
-        return Path(cfg.paths.output_dir)
-    except Exception:  # the config itself is broken: Hydra's own job dir
-        from hydra.core.hydra_config import HydraConfig
-        return Path(HydraConfig.get().runtime.output_dir)
-
-
 def run_training(cfg: DictConfig) -> dict:
-    """Train, validate and sample as ``cfg`` says; return the final metrics. The run record says
-    ``status: running`` while it trains and holds the final metrics when it ends."""
-    check_config(cfg)  # before anything is computed or written
+    """Train, validate and sample as ``cfg`` says (a config ``validate.check_config`` passed, see
+    ``lmlab.job``); return the final metrics. The run record says ``status: running`` while it
+    trains and holds the final metrics when it ends."""
     out_dir = Path(cfg.paths.output_dir)
     job = hydra_job()
     record = start_record(out_dir, job, cfg.seed)

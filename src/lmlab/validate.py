@@ -93,9 +93,6 @@ def crop_notice(prompt_tokens: int, context_length: int) -> str | None:
 
 def check_config(cfg: DictConfig) -> None:
     """Everything that can be known wrong about a training config before training starts."""
-    from lmlab.checkpoint import check_fits, read_checkpoint
-    from lmlab.training import build_module
-
     plain = resolve(cfg)
     for key, (low, integer, nullable) in BOUNDS.items():
         section, _, leaf = key.partition(".")
@@ -119,6 +116,9 @@ def check_config(cfg: DictConfig) -> None:
     if sample.get("max_new_tokens"):
         check_sampling("sample", sample["max_new_tokens"], sample.get("temperature", 1.0),
                        sample.get("top_k"), sample.get("top_p"), sample.get("prompt"))
+    from lmlab.checkpoint import check_fits, read_checkpoint
+    from lmlab.training import build_module  # Lightning: after the checks that need only values
+
     with torch.device("meta"):  # the constructors' own checks, without allocating the weights
         module = build_module(cfg)
         try:

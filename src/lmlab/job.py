@@ -1,0 +1,47 @@
+"""One Hydra job of ``python train.py``: its run directory guarded, its config checked, then the
+training run, with a failure recorded. Lightning is imported only once the config has passed, so
+a bad value is refused in about the time it takes to import torch."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from lmlab.errors import Diverged, UserError
+from lmlab.multirun_ddp import needs_own_process, run_as_child
+from lmlab.run_record import check_not_finished, hydra_job, record_failure
+from lmlab.validate import check_config
+
+log = logging.getLogger("lmlab")
+
+
+def train(cfg: DictConfig) -> float | None:
+    """One job. In a multirun, a failing or diverging job is recorded as failed in its run
+    record and returns NaN so the other jobs go on (Hydra's sweepers would otherwise raise the
+    first failure and stop); a single run raises."""
+    check_not_finished(_run_dir(cfg))  # before anything is written into it
+    try:
+        check_config(cfg)  # before anything is computed or written
+        if needs_own_process(cfg):  # multirun + DDP: see lmlab.multirun_ddp
+            return run_as_child(cfg)
+        from lmlab.training import run_training  # Lightning, for a config that passed
+
+        metrics = run_training(cfg)
+    except Exception as err:
+        record = record_failure(_run_dir(cfg), err, cfg.get("seed"))
+        if hydra_job().get("multirun"):
+            log.error(f"job failed, the sweep goes on: {record['error']}",
+                      exc_info=not isinstance(err, (UserError, Diverged)))
+            return float("nan")  # Optuna marks a NaN trial as failed
+        raise
+    return metrics.get("val_loss")
+
+
+def _run_dir(cfg: DictConfig) -> Path:
+    try:
+        return Path(cfg.paths.output_dir)
+    except Exception:  # the config itself is broken: Hydra's own job dir
+        from hydra.core.hydra_config import HydraConfig
+        return Path(HydraConfig.get().runtime.output_dir)
