@@ -50,7 +50,8 @@ def cmd_gpu(args) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"benchmark.py gpu: error: --device {args.device}, but torch {torch.__version__} "
                          "sees no CUDA device here (--device cpu runs the section on the CPU)")
-    overrides = [*GPT2_124M, f"model.compile={str(not args.no_compile).lower()}", *args.overrides]
+    compiled = not args.no_compile
+    overrides = [*GPT2_124M, f"model.compile={str(compiled).lower()}", *args.overrides]
     print(device_line(device))
     torch.manual_seed(0)
     cfg = compose(overrides)
@@ -58,7 +59,6 @@ def cmd_gpu(args) -> None:
     model = module.model
     B, T = args.batch, model.context_length
     batch = torch.randint(0, model.cfg["vocab_size"], (B, T + 1), device=device)
-    compiled = not args.no_compile
     textbook = TextbookGPT.like(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
     textbook_opt = adamw(textbook, lr=1e-4)
     textbook_model = torch.compile(textbook) if compiled else textbook  # nanoGPT compiles it whole

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,17 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # a model small enough for a forward and backward pass in milliseconds
 TINY = ["model.n_layers=2", "model.n_heads=4", "model.d_model=32", "model.context_length=16"]
+
+
+def run_entry_point(script: str, argv: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python <script>.py ARGV`` (``lmlab.cli.<script>``) in a fresh interpreter; its stdout ends
+    with a line ``<exit status> <whether Lightning was imported>``."""
+    code = (f"import sys; sys.argv = ['{script}.py', *{argv!r}]\n"
+            "from lmlab import cli\n"
+            f"try:\n    cli.{script}()\n    status = 0\n"
+            "except SystemExit as e:\n    status = e.code\n"
+            "print(status, 'lightning' in sys.modules)")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
 
 
 def compose_cfg(overrides: list[str] | None = None, name: str = "train"):

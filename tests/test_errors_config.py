@@ -4,16 +4,13 @@ too, so every refusal below exits with status 2."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from lmlab.config import conf_dir
 from lmlab.errors import UserError
 from lmlab.overrides import check_argv
 from lmlab.validate import check_config
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, run_entry_point
 from tests.test_train_cli import FAST, run
 
 
@@ -52,11 +49,7 @@ def test_a_bad_command_line_is_refused_without_loading_lightning(script, argv, t
     """Refusals come before Lightning is imported (~3-6 s of a 2-core machine's start-up): the
     entry points import it only for a command line and a config that passed their checks."""
     argv = [*argv, f"hydra.run.dir={tmp_path / 'run'}"]
-    code = (f"import sys; sys.argv = ['{script}.py', *{argv!r}]\n"
-            "from lmlab import cli\n"
-            f"try:\n    cli.{script}()\n"
-            "except SystemExit as e:\n    print(e.code, 'lightning' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = run_entry_point(script, argv, timeout=120)
     assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr[-2000:]
     assert proc.stderr.startswith("lmlab: error: "), proc.stderr[-2000:]
 

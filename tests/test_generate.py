@@ -8,7 +8,7 @@ from lmlab.data.tokenizer import get_tokenizer
 from lmlab.kv_cache import KVCache
 from lmlab.sampling import left_pad, sample_next, sample_texts, sample_tokens, stream_tokens
 from lmlab.model import Transformer
-from tests.conftest import TINY, model_cfg
+from tests.conftest import TINY, model_cfg, run_entry_point
 
 
 @functools.lru_cache(maxsize=None)
@@ -195,9 +195,6 @@ def test_generate_py_samples_a_checkpoint_without_loading_lightning(tmp_path):
     """generate.py builds the Transformer from the checkpoint alone (no LightningModule, so no
     Lightning import: ~2 s of start-up instead of ~6 on a 2-core machine) and its greedy text is
     the saved model's own."""
-    import subprocess
-    import sys
-
     from lmlab.module import LanguageModule
 
     torch.manual_seed(0)
@@ -206,9 +203,7 @@ def test_generate_py_samples_a_checkpoint_without_loading_lightning(tmp_path):
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
     argv = [f"ckpt_path={path}", "prompt=ROMEO:", "max_new_tokens=12", "temperature=0",
             f"hydra.run.dir={tmp_path / 'out'}"]
-    code = (f"import sys; sys.argv = ['generate.py', *{argv!r}]\n"
-            "from lmlab import cli\ncli.generate()\nprint('lightning' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = run_entry_point("generate", argv)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split()[-1] == "False", proc.stdout
     want = sample_texts(module.model.eval(), "gpt2", ["ROMEO:"], max_new_tokens=12, temperature=0)[0]

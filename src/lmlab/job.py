@@ -23,9 +23,9 @@ def train(cfg: DictConfig) -> float | None:
     first failure and stop); a single run raises."""
     check_not_finished(_run_dir(cfg))  # before anything is written into it
     try:
-        check_config(cfg)  # before anything is computed or written
-        if needs_own_process(cfg):  # multirun + DDP: see lmlab.multirun_ddp
+        if needs_own_process(cfg):  # multirun + DDP: see lmlab.multirun_ddp (the child checks)
             return run_as_child(cfg)
+        check_config(cfg)  # before anything is computed or written
         from lmlab.training import run_training  # Lightning, for a config that passed
 
         metrics = run_training(cfg)

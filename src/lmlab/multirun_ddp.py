@@ -23,9 +23,11 @@ from lmlab.run_record import hydra_job, read_record, write_record
 
 def needs_own_process(cfg: DictConfig) -> bool:
     """A multirun job (outside SLURM) whose trainer starts several processes."""
+    if not hydra_job().get("multirun"):
+        return False  # a single run: Lightning is not imported yet (a bad config is refused first)
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    if not hydra_job().get("multirun") or SLURMEnvironment.detect():
+    if SLURMEnvironment.detect():
         return False
     t = cfg.trainer
     strategy = str(t.get("strategy", "auto"))
