@@ -17,7 +17,7 @@ from torch import nn
 from lmlab.errors import check_choice
 from lmlab.kv_cache import KVCache
 from lmlab.model.head_loss import linear_cross_entropy
-from lmlab.model.linear import Linear
+from lmlab.model.linear import LMHead, half_product
 from lmlab.model.moe import MoE
 
 
@@ -89,7 +89,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, dims) for _ in range(cfg["n_layers"]))
         # post-norm blocks end normalised already; pre-norm needs a final norm before the head
         self.norm = build(cfg["norm"], d_model=d) if placement == "pre" else nn.Identity()
-        self.lm_head = Linear(d, cfg["vocab_size"], bias=False)
+        self.lm_head = LMHead(d, cfg["vocab_size"], bias=False)
         if cfg.get("tie_weights", False):
             self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
@@ -123,7 +123,8 @@ class Transformer(nn.Module):
         prompts of different lengths): they take no position and no token attends to them."""
         x, pos, real = self.embed(idx, cache, pad)
         if self.compiled_decoding and cache is not None and cache.static and idx.shape[1] == 1:
-            logits = self._compiled_step(x, pos, cache)  # a decoding step: (B, 1, vocab)
+            # a decoding step: (B, 1, vocab), reading the head's fp16 copy for one or two rows on CPU
+            logits = self._compiled_step(x, pos, cache, self.lm_head.decoding_weight(len(idx)))
         else:
             x = self.run_blocks(x, pos, cache, real)
             logits = self.lm_head(self.norm(x[:, -1:] if last_only else x))  # (B, T | 1, vocab)
@@ -161,10 +162,13 @@ class Transformer(nn.Module):
             x = block(x, self.position, pos, cache.layers[i] if cache is not None else None, real)
         return x
 
-    def decoding_step(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def decoding_step(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache,
+                      head16: torch.Tensor | None = None) -> torch.Tensor:
         """One new token per row: x (B, 1, C) at ``pos`` through the blocks with their static
-        cache, the final norm and the head -> logits (B, 1, vocab). Compiled with model.compile."""
-        return self.lm_head(self.norm(self.run_blocks(x, pos, cache)))
+        cache, the final norm and the head (its fp16 copy ``head16``, if given) -> logits
+        (B, 1, vocab). Compiled with model.compile."""
+        h = self.norm(self.run_blocks(x, pos, cache))  # (B, 1, C)
+        return self.lm_head(h) if head16 is None else half_product(h, head16)
 
     @property
     def compiled_decoding(self) -> bool:
