@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.model.linear import FEW_ROWS, HALF_ROWS, Linear, LMHead, half_product, linear
+from lmlab.model.linear import FEW_ROWS, Linear, linear
 
 C_IN, C_OUT = 24, 1000
 
@@ -46,24 +46,15 @@ def test_linear_module_is_an_nn_linear_with_the_same_state():
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
 
 
-def test_the_head_decodes_from_an_fp16_copy_that_follows_its_weight():
-    """LMHead.decoding_weight: fp16 for up to HALF_ROWS rows, remade after every in-place update of
-    the weight (an optimizer step, load_state_dict), None past HALF_ROWS rows or out of fp16's
-    range; half_product equals the fp32 product to the weight's fp16 rounding."""
-    torch.manual_seed(0)
-    head = LMHead(C_IN, C_OUT, bias=False)
-    half = head.decoding_weight(1)
-    assert half.dtype == torch.float16 and torch.equal(half, head.weight.detach().half())
-    assert head.decoding_weight(HALF_ROWS) is half  # kept while the weight is unchanged
-    assert head.decoding_weight(HALF_ROWS + 1) is None
-    x = torch.randn(1, 1, C_IN)
-    want = head(x)  # (1, 1, C_out), fp32
-    got = half_product(x, half)
-    assert got.shape == want.shape and got.dtype == torch.float32
-    torch.testing.assert_close(got, want, rtol=0, atol=2e-3)  # 24 products of |w| < 0.2, 2^-11 each
-    assert not torch.equal(got, want)  # it did read the fp16 copy
-    with torch.no_grad():
-        head.weight.mul_(-2.0)  # in place, as an optimizer step: the copy follows
-    torch.testing.assert_close(head.decoding_weight(1).float(), -2.0 * half.float())
-    head.load_state_dict({"weight": torch.full((C_OUT, C_IN), 7e4)})  # past fp16's 65,504
-    assert head.decoding_weight(1) is None
+
+def test_an_fp16_weight_meeting_fp32_input_is_multiplied_in_fp32():
+    """What compiled decoding's fp16 copies compute: x @ W.T with W rounded to fp16 and everything
+    else fp32, within the weight's rounding of the fp32 product."""
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(2, 1, C_IN, generator=g), torch.randn(C_OUT, C_IN, generator=g), torch.randn(C_OUT, generator=g)
+    got = linear(x, w.half(), b)
+    assert got.shape == (2, 1, C_OUT) and got.dtype == torch.float32
+    torch.testing.assert_close(got, x @ w.half().float().t() + b, rtol=1e-5, atol=1e-5)
+    # |w| < 5 rounded to 2^-11: 24 products of |x| ~ 1 move a sum by < 0.03
+    torch.testing.assert_close(got, F.linear(x, w, b), rtol=0, atol=3e-2)
+    assert not torch.equal(got, F.linear(x, w, b))
