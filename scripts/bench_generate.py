@@ -70,11 +70,17 @@ def cmd_generate(args) -> None:
     print(f"  lmlab, recompute context {B * N / t['recompute']:8.0f} tokens/s   cached / recompute = "
           f"{t['recompute'] / t['cached']:.1f}x, compiled {t['recompute'] / t['compiled']:.1f}x  (target >= 5)")
     weights = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied head once
+    half = compiled.half_copy(B)  # the fp16 copies a compiled step reads, or None
+    read = weights if half is None else sum(t.numel() * t.element_size()
+                                            for t in [*half.blocks.parameters(), half.head])
     floor = weights * t["stream"] / STREAM_BYTES  # seconds: one read of the weights per decoding step
     print(f"  memory floor: the {weights / 1e6:.0f} MB of weights, read once a step, take {1e3 * floor:.2f} ms "
-          f"at the {weights / floor / 1e9:.0f} GB/s a 256 MB sum streams in the rounds (compiled step "
-          f"{1e3 * t['compiled'] / N:.2f} ms)\n    recompute / floor = {t['recompute'] / (N * floor):.1f}x: "
-          f"the most a KV cache can gain on this machine")
+          f"at the {weights / floor / 1e9:.0f} GB/s a 256 MB sum streams in the rounds\n"
+          f"    recompute / floor = {t['recompute'] / (N * floor):.1f}x: the most a KV cache reading "
+          f"fp32 weights can gain on this machine")
+    copies = "fp16 copies of the weights" if half is not None else "fp32 weights"
+    print(f"  the compiled step reads {copies}: {read / 1e6:.0f} MB, floor {1e3 * floor * read / weights:.2f} ms "
+          f"(compiled step {1e3 * t['compiled'] / N:.2f} ms)\n")
 
     # 2. against transformers, with a context that holds prompt and continuation (GPT-2's
     #    position table cannot go past n_positions)

@@ -45,6 +45,7 @@ def test_generate_section_compares_cache_recompute_and_transformers():
     out = benchmark("generate", *TINY_MODEL, "--new-tokens", "8", "--repeats", "1")
     assert "machine: " in out and "cached / recompute = " in out and "lmlab / transformers = " in out
     assert "KV cache compiled" in out and ", compiled " in out and "recompute / floor = " in out
+    assert "the compiled step reads fp16 copies of the weights" in out  # batch 1 on CPU
 
 
 @pytest.mark.slow  # a real train.py run, then the textbook loop for as long

@@ -44,3 +44,17 @@ def test_linear_module_is_an_nn_linear_with_the_same_state():
     assert isinstance(ours, nn.Linear) and ours.state_dict().keys() == theirs.state_dict().keys()
     x = torch.randn(1, C_IN)
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+
+def test_an_fp16_weight_meeting_fp32_input_is_multiplied_in_fp32():
+    """What compiled decoding's fp16 copies compute: x @ W.T with W rounded to fp16 and everything
+    else fp32, within the weight's rounding of the fp32 product."""
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(2, 1, C_IN, generator=g), torch.randn(C_OUT, C_IN, generator=g), torch.randn(C_OUT, generator=g)
+    got = linear(x, w.half(), b)
+    assert got.shape == (2, 1, C_OUT) and got.dtype == torch.float32
+    torch.testing.assert_close(got, x @ w.half().float().t() + b, rtol=1e-5, atol=1e-5)
+    # |w| < 5 rounded to 2^-11: 24 products of |x| ~ 1 move a sum by < 0.03
+    torch.testing.assert_close(got, F.linear(x, w, b), rtol=0, atol=3e-2)
+    assert not torch.equal(got, F.linear(x, w, b))

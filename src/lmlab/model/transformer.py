@@ -17,7 +17,8 @@ from torch import nn
 from lmlab.errors import check_choice
 from lmlab.kv_cache import KVCache
 from lmlab.model.head_loss import linear_cross_entropy
-from lmlab.model.linear import Linear
+from lmlab.model.half_copy import HALF_ROWS, HalfCopy
+from lmlab.model.linear import Linear, linear
 from lmlab.model.moe import MoE
 
 
@@ -99,6 +100,7 @@ class Transformer(nn.Module):
         # KV cache (kv_cache.py), so that one compilation serves every step
         self._compiled = [torch.compile(b) for b in self.blocks] if cfg.get("compile") else None
         self._compiled_step = torch.compile(self.decoding_step, dynamic=False) if cfg.get("compile") else None
+        self._half: HalfCopy | None = None  # made on the first compiled decoding step that reads it
 
     def _init_weights(self, m: nn.Module):
         """GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layers)."""
@@ -123,7 +125,7 @@ class Transformer(nn.Module):
         prompts of different lengths): they take no position and no token attends to them."""
         x, pos, real = self.embed(idx, cache, pad)
         if self.compiled_decoding and cache is not None and cache.static and idx.shape[1] == 1:
-            logits = self._compiled_step(x, pos, cache)  # a decoding step: (B, 1, vocab)
+            logits = self._compiled_step(x, pos, cache, self.half_copy(len(idx)))  # (B, 1, vocab)
         else:
             x = self.run_blocks(x, pos, cache, real)
             logits = self.lm_head(self.norm(x[:, -1:] if last_only else x))  # (B, T | 1, vocab)
@@ -161,10 +163,28 @@ class Transformer(nn.Module):
             x = block(x, self.position, pos, cache.layers[i] if cache is not None else None, real)
         return x
 
-    def decoding_step(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def decoding_step(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache,
+                      half: HalfCopy | None = None) -> torch.Tensor:
         """One new token per row: x (B, 1, C) at ``pos`` through the blocks with their static
-        cache, the final norm and the head -> logits (B, 1, vocab). Compiled with model.compile."""
-        return self.lm_head(self.norm(self.run_blocks(x, pos, cache)))
+        cache, the final norm and the head -> logits (B, 1, vocab); with ``half``, through its
+        fp16 copies of the blocks and the head. Compiled with model.compile."""
+        blocks = self.blocks if half is None else half.blocks
+        for i, block in enumerate(blocks):
+            x = block(x, self.position, pos, cache.layers[i])
+        return linear(self.norm(x), self.lm_head.weight if half is None else half.head)
+
+    def half_copy(self, rows: int) -> HalfCopy | None:
+        """The fp16 copies a compiled decoding step of ``rows`` rows reads (``half_copy.py``),
+        brought up to date, or None for the fp32 weights: off CPU, past HALF_ROWS rows, under
+        autocast, in training mode (the copies are in eval mode: no dropout), with MoE layers (their
+        routing statistics live on the model's own layers), or while a weight is past fp16's range."""
+        w = self.lm_head.weight
+        if (w.device.type != "cpu" or w.dtype != torch.float32 or rows > HALF_ROWS or self.training
+                or torch.is_autocast_enabled("cpu") or self.moe_layers()):
+            return None
+        if self._half is None:
+            self._half = HalfCopy(self)
+        return self._half if self._half.refresh() else None
 
     @property
     def compiled_decoding(self) -> bool:
