@@ -53,24 +53,33 @@ def cmd_generate(args) -> None:
     # 1. the default model (context 128: past it, the cache restarts on the last half window),
     #    eager and with model.compile=true (its compilation timed apart, before the rounds)
     model = lmlab_model(args.overrides)
-    compiled = lmlab_model([*args.overrides, "model.compile=true"])
-    compiled.load_state_dict(model.state_dict())
+    # and, where it reads fp16 copies of the weights (one or two rows), the same from fp32 weights
+    compiled = {"compiled": lmlab_model([*args.overrides, "model.compile=true"])}
+    if compiled["compiled"].half_copy(B) is not None:
+        compiled["compiled32"] = lmlab_model([*args.overrides, "model.compile=true"])
+        compiled["compiled32"].fp16_decoding = False
     idx = torch.randint(0, model.cfg["vocab_size"], (B, P), generator=torch.Generator().manual_seed(0))
-    t0 = time.perf_counter()
-    lmlab(compiled, idx, True)()
-    compile_s = time.perf_counter() - t0
+    compile_s = []
+    for m in compiled.values():
+        m.load_state_dict(model.state_dict())
+        t0 = time.perf_counter()
+        lmlab(m, idx, True)()
+        compile_s.append(time.perf_counter() - t0)
     stream = torch.ones(STREAM_BYTES // 4)
-    t = bench({"cached": lmlab(model, idx, True), "compiled": lmlab(compiled, idx, True),
+    t = bench({"cached": lmlab(model, idx, True), **{k: lmlab(m, idx, True) for k, m in compiled.items()},
                "recompute": lmlab(model, idx, False), "stream": stream.sum}, args.repeats, warmup=1)
     print(f"default model ({' '.join(args.overrides) or 'model=tiny_llama'}, {model.num_params():,} "
           f"parameters, context {model.context_length}):")
     print(f"  lmlab, KV cache          {B * N / t['cached']:8.0f} tokens/s")
     print(f"  lmlab, KV cache compiled {B * N / t['compiled']:8.0f} tokens/s   (model.compile=true; its "
-          f"first call, compiling, took {compile_s:.1f} s)")
+          f"first call, compiling, took {compile_s[0]:.1f} s)")
+    if "compiled32" in t:
+        print(f"    the same, fp32 weights {B * N / t['compiled32']:8.0f} tokens/s   (fp16_decoding=False): the fp16 "
+              f"copies {t['compiled32'] / t['compiled']:.2f}x")
     print(f"  lmlab, recompute context {B * N / t['recompute']:8.0f} tokens/s   cached / recompute = "
           f"{t['recompute'] / t['cached']:.1f}x, compiled {t['recompute'] / t['compiled']:.1f}x  (target >= 5)")
     weights = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied head once
-    half = compiled.half_copy(B)  # the fp16 copies a compiled step reads, or None
+    half = compiled["compiled"].half_copy(B)  # the fp16 copies a compiled step reads, or None
     read = weights if half is None else sum(t.numel() * t.element_size()
                                             for t in [*half.blocks.parameters(), half.head])
     floor = weights * t["stream"] / STREAM_BYTES  # seconds: one read of the weights per decoding step

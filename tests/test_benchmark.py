@@ -46,6 +46,7 @@ def test_generate_section_compares_cache_recompute_and_transformers():
     assert "machine: " in out and "cached / recompute = " in out and "lmlab / transformers = " in out
     assert "KV cache compiled" in out and ", compiled " in out and "recompute / floor = " in out
     assert "the compiled step reads fp16 copies of the weights" in out  # batch 1 on CPU
+    assert "the same, fp32 weights" in out and "the fp16 copies " in out
 
 
 @pytest.mark.slow  # a real train.py run, then the textbook loop for as long

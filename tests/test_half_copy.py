@@ -33,6 +33,9 @@ def test_the_copies_follow_the_weights_and_stay_out_of_the_state():
     half = model.half_copy(1)
     assert_copies(model, half)
     assert model.half_copy(HALF_ROWS + 1) is None  # more rows: the fp32 products are faster
+    model.fp16_decoding = False  # asked for the fp32 weights
+    assert model.half_copy(1) is None
+    model.fp16_decoding = True
     assert model.state_dict().keys() == keys and len(list(model.parameters())) == n_params
     # a real optimizer step changes the weights in place: the same copies, updated
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)

@@ -101,6 +101,7 @@ class Transformer(nn.Module):
         self._compiled = [torch.compile(b) for b in self.blocks] if cfg.get("compile") else None
         self._compiled_step = torch.compile(self.decoding_step, dynamic=False) if cfg.get("compile") else None
         self._half: HalfCopy | None = None  # made on the first compiled decoding step that reads it
+        self.fp16_decoding = True  # False: compiled decoding reads the fp32 weights (see half_copy)
 
     def _init_weights(self, m: nn.Module):
         """GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layers)."""
@@ -175,12 +176,14 @@ class Transformer(nn.Module):
 
     def half_copy(self, rows: int) -> HalfCopy | None:
         """The fp16 copies a compiled decoding step of ``rows`` rows reads (``half_copy.py``),
-        brought up to date, or None for the fp32 weights: off CPU, past HALF_ROWS rows, under
-        autocast, in training mode (the copies are in eval mode: no dropout), with MoE layers (their
-        routing statistics live on the model's own layers), or while a weight is past fp16's range."""
+        brought up to date, or None for the fp32 weights: with ``fp16_decoding`` off, off CPU,
+        past HALF_ROWS rows, under autocast, in training mode (the copies are in eval mode: no
+        dropout), with MoE layers (their routing statistics live on the model's own layers), or
+        while a weight is past fp16's range."""
         w = self.lm_head.weight
-        if (w.device.type != "cpu" or w.dtype != torch.float32 or rows > HALF_ROWS or self.training
-                or torch.is_autocast_enabled("cpu") or self.moe_layers()):
+        if (not self.fp16_decoding or w.device.type != "cpu" or w.dtype != torch.float32
+                or rows > HALF_ROWS or self.training or torch.is_autocast_enabled("cpu")
+                or self.moe_layers()):
             return None
         if self._half is None:
             self._half = HalfCopy(self)
