@@ -80,8 +80,8 @@ def cmd_generate(args) -> None:
           f"{t['recompute'] / t['cached']:.1f}x, compiled {t['recompute'] / t['compiled']:.1f}x  (target >= 5)")
     weights = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied head once
     half = compiled["compiled"].half_copy(B)  # the fp16 copies a compiled step reads, or None
-    read = weights if half is None else sum(t.numel() * t.element_size()
-                                            for t in [*half.blocks.parameters(), half.head])
+    read = weights if half is None else sum(w.numel() * w.element_size()
+                                            for w in [*half.blocks.parameters(), half.head])
     floor = weights * t["stream"] / STREAM_BYTES  # seconds: one read of the weights per decoding step
     print(f"  memory floor: the {weights / 1e6:.0f} MB of weights, read once a step, take {1e3 * floor:.2f} ms "
           f"at the {weights / floor / 1e9:.0f} GB/s a 256 MB sum streams in the rounds\n"

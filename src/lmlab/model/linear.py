@@ -59,4 +59,3 @@ def half_product(x: torch.Tensor, weight16: torch.Tensor) -> torch.Tensor:
     multiply-and-sum that inductor fuses into one pass over the fp16 weight: call it compiled only
     (eagerly it would hold the (..., V, C) products)."""
     return (weight16.float() * x.unsqueeze(-2)).sum(-1)
-
