@@ -43,6 +43,7 @@ def test_train_py_refuses_in_one_line_before_compute(override, message, tmp_path
     ("train", ["model=nonexistent"]),  # refused before Hydra runs
     ("train", ["trainer.max_steps=0"]),  # refused by validate.check_config, in the job
     ("train", ["module.warmup_steps=500", "trainer.max_steps=400"]),
+    ("train", ["model.n_heads=3"]),  # refused by the model's constructor, built on the meta device
     ("generate", ["ckpt_path=none.ckpt", "top_p=1.5"]),
 ])
 def test_a_bad_command_line_is_refused_without_loading_lightning(script, argv, tmp_path):

@@ -117,9 +117,15 @@ def check_config(cfg: DictConfig) -> None:
         check_sampling("sample", sample["max_new_tokens"], sample.get("temperature", 1.0),
                        sample.get("top_k"), sample.get("top_p"), sample.get("prompt"))
     from lmlab.checkpoint import check_fits, read_checkpoint
-    from lmlab.training import build_module  # Lightning: after the checks that need only values
+    from lmlab.model import Transformer
 
     with torch.device("meta"):  # the constructors' own checks, without allocating the weights
+        try:
+            Transformer(plain["model"])  # the model's, before Lightning is imported
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        from lmlab.training import build_module  # Lightning: for the module's and optimizer's
+
         module = build_module(cfg)
         try:
             module.configure_optimizers()  # and the optimizer's
