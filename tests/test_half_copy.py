@@ -68,3 +68,16 @@ def test_a_decoding_step_from_the_copies_is_the_fp32_step_to_their_rounding():
     assert fp16.shape == fp32.shape == (1, 1, 64)
     torch.testing.assert_close(fp16, fp32, rtol=0, atol=5e-3)
     assert not torch.equal(fp16, fp32)  # it did read the fp16 copies
+
+
+def test_copies_made_in_inference_mode_follow_an_update_outside_it():
+    """Decoding under torch.inference_mode, training after it: the copies are normal tensors."""
+    torch.manual_seed(0)
+    model = Transformer(model_cfg(SMALL)).eval()
+    with torch.inference_mode():
+        half = model.half_copy(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+    assert model.half_copy(1) is half
+    assert_copies(model, half)

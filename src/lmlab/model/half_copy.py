@@ -30,6 +30,7 @@ class HalfCopy:
     """The blocks (a copy in eval mode whose linear weights are fp16, the rest fp32) and the LM
     head's weight (fp16) of ``model``, kept equal to the model's current weights by :meth:`refresh`."""
 
+    @torch.inference_mode(False)  # normal tensors, which refresh may update outside inference mode
     def __init__(self, model: nn.Module):
         self.blocks = copy.deepcopy(model.blocks).requires_grad_(False).eval()
         for m in self.blocks.modules():
@@ -41,6 +42,7 @@ class HalfCopy:
         self.fits = True
         self.of: tuple | None = None  # the sources' (data_ptr, version) the copies were made from
 
+    @torch.inference_mode(False)
     def refresh(self) -> bool:
         """Copy the sources again if any has changed since the last call; whether the copies can
         be used (False while an fp16-bound weight holds a value past fp16's range)."""
