@@ -55,7 +55,9 @@ def cmd_generate(args) -> None:
     model = lmlab_model(args.overrides)
     # and, where it reads fp16 copies of the weights (one or two rows), the same from fp32 weights
     compiled = {"compiled": lmlab_model([*args.overrides, "model.compile=true"])}
-    if compiled["compiled"].half_copy(B) is not None:
+    with torch.no_grad():  # as decoding runs
+        half = compiled["compiled"].half_copy(B)  # the fp16 copies a compiled step reads, or None
+    if half is not None:
         compiled["compiled32"] = lmlab_model([*args.overrides, "model.compile=true"])
         compiled["compiled32"].fp16_decoding = False
     idx = torch.randint(0, model.cfg["vocab_size"], (B, P), generator=torch.Generator().manual_seed(0))
@@ -79,7 +81,6 @@ def cmd_generate(args) -> None:
     print(f"  lmlab, recompute context {B * N / t['recompute']:8.0f} tokens/s   cached / recompute = "
           f"{t['recompute'] / t['cached']:.1f}x, compiled {t['recompute'] / t['compiled']:.1f}x  (target >= 5)")
     weights = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied head once
-    half = compiled["compiled"].half_copy(B)  # the fp16 copies a compiled step reads, or None
     read = weights if half is None else sum(w.numel() * w.element_size()
                                             for w in [*half.blocks.parameters(), half.head])
     floor = weights * t["stream"] / STREAM_BYTES  # seconds: one read of the weights per decoding step

@@ -15,6 +15,11 @@ def linear_weights(blocks):
     return [m.weight for m in blocks.modules() if isinstance(m, torch.nn.Linear)]
 
 
+@torch.no_grad()  # as decoding runs; with gradients enabled the fp32 weights are read
+def copies(model, rows=1):
+    return model.half_copy(rows)
+
+
 def assert_copies(model, half):
     """half's linear weights and head are model's in fp16; its other parameters equal model's."""
     fp16 = {id(w) for w in linear_weights(half.blocks)}
@@ -27,14 +32,15 @@ def assert_copies(model, half):
 def test_the_copies_follow_the_weights_and_stay_out_of_the_state():
     torch.manual_seed(0)
     model = Transformer(model_cfg(SMALL))
-    assert model.half_copy(1) is None  # in training mode (dropout): the fp32 weights
+    assert copies(model) is None  # in training mode (dropout): the fp32 weights
     model.eval()
     keys, n_params = model.state_dict().keys(), len(list(model.parameters()))
-    half = model.half_copy(1)
+    half = copies(model)
     assert_copies(model, half)
-    assert model.half_copy(HALF_ROWS + 1) is None  # more rows: the fp32 products are faster
+    assert model.half_copy(1) is None  # gradients enabled: they must reach the model's weights
+    assert copies(model, HALF_ROWS + 1) is None  # more rows: the fp32 products are faster
     model.fp16_decoding = False  # asked for the fp32 weights
-    assert model.half_copy(1) is None
+    assert copies(model) is None
     model.fp16_decoding = True
     assert model.state_dict().keys() == keys and len(list(model.parameters())) == n_params
     # a real optimizer step changes the weights in place: the same copies, updated
@@ -42,14 +48,14 @@ def test_the_copies_follow_the_weights_and_stay_out_of_the_state():
     batch = torch.randint(0, 64, (2, 9))
     model.loss(batch[:, :-1], batch[:, 1:])[0].backward()
     opt.step()
-    assert model.half_copy(HALF_ROWS) is half
+    assert copies(model, HALF_ROWS) is half
     assert_copies(model, half)
     # a weight past fp16's range: decoding reads the fp32 weights until it is back in range
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict({**state, "blocks.0.attn.q.weight": torch.full_like(state["blocks.0.attn.q.weight"], 7e4)})
-    assert model.half_copy(1) is None
+    assert copies(model) is None
     model.load_state_dict(state)
-    assert model.half_copy(1) is half
+    assert copies(model) is half
     assert_copies(model, half)
 
 
@@ -58,7 +64,7 @@ def test_a_decoding_step_from_the_copies_is_the_fp32_step_to_their_rounding():
     model = Transformer(model_cfg(SMALL)).eval()
     prompt, token = torch.randint(0, 64, (1, 5)), torch.randint(0, 64, (1, 1))
     logits = []
-    for half in (None, model.half_copy(1)):
+    for half in (None, copies(model)):
         cache = KVCache(len(model.blocks), model.context_length, static=True)  # a compiled step's
         with torch.no_grad():
             model(prompt, cache)
@@ -79,5 +85,5 @@ def test_copies_made_in_inference_mode_follow_an_update_outside_it():
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(0.5)
-    assert model.half_copy(1) is half
+    assert copies(model) is half
     assert_copies(model, half)

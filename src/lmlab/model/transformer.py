@@ -177,13 +177,14 @@ class Transformer(nn.Module):
     def half_copy(self, rows: int) -> HalfCopy | None:
         """The fp16 copies a compiled decoding step of ``rows`` rows reads (``half_copy.py``),
         brought up to date, or None for the fp32 weights: with ``fp16_decoding`` off, off CPU,
-        past HALF_ROWS rows, under autocast, in training mode (the copies are in eval mode: no
-        dropout), with MoE layers (their routing statistics live on the model's own layers), or
-        while a weight is past fp16's range."""
+        past HALF_ROWS rows, under autocast, with gradients enabled (they must reach the model's
+        own weights), in training mode (the copies are in eval mode: no dropout), with MoE layers
+        (their routing statistics live on the model's own layers), or while a weight is past
+        fp16's range."""
         w = self.lm_head.weight
         if (not self.fp16_decoding or w.device.type != "cpu" or w.dtype != torch.float32
                 or rows > HALF_ROWS or self.training or torch.is_autocast_enabled("cpu")
-                or self.moe_layers()):
+                or torch.is_grad_enabled() or self.moe_layers()):
             return None
         if self._half is None:
             self._half = HalfCopy(self)
