@@ -4,9 +4,9 @@ Decoding one or two rows is memory-bound: every step reads every weight for a ha
 products. Reading fp16 copies halves those bytes. On a 2-core EPYC (~30-50 GB/s) the default
 model's compiled decoding step of one row went from 2.7-3.4 to 1.5-1.8 ms a token (1.73-1.78x
 in one process): the LM head's product from 1.7-1.9 to 0.7-1.0 ms, and the blocks' 28 small
-products, now fused multiply-and-sums (``linear.half_product``) instead of MKL calls, faster too. Activations, norms, attention and
-every sum stay fp32, so the logits differ from fp32 decoding only by the weights' fp16 rounding
-(2^-11 relative per weight).
+products, now fused multiply-and-sums (``linear.half_product``) instead of MKL calls, faster
+too. Activations, norms, attention and every sum stay fp32, so the logits differ from fp32
+decoding only by the weights' fp16 rounding (2^-11 relative per weight).
 
 The copies are not parameters or buffers: the state dict, the optimizer and checkpoints never see
 them. They follow the model: before each step :meth:`HalfCopy.refresh` compares every source
@@ -39,19 +39,23 @@ class HalfCopy:
         self.head = model.lm_head.weight.detach().half()  # (V, C)
         self.pairs = [*zip(model.blocks.parameters(), self.blocks.parameters()),
                       (model.lm_head.weight, self.head)]  # (source, copy)
+        self.halved = [src for src, dst in self.pairs if dst.dtype == torch.float16]
         self.fits = True
         self.of: tuple | None = None  # the sources' (data_ptr, version) the copies were made from
 
-    @torch.inference_mode(False)
     def refresh(self) -> bool:
-        """Copy the sources again if any has changed since the last call; whether the copies can
-        be used (False while an fp16-bound weight holds a value past fp16's range)."""
+        """Copy the sources again if any has changed since the last call (a check every decoding
+        step); whether the copies can be used (False while an fp16-bound weight holds a value past
+        fp16's range)."""
         of = tuple((src.data_ptr(), src._version) for src, _ in self.pairs)
         if of != self.of:
-            with torch.no_grad():
-                halves = [src for src, dst in self.pairs if dst.dtype == torch.float16]
-                self.fits = all(bool(src.abs().max() <= FP16_MAX) for src in halves)
-                for src, dst in self.pairs:
-                    dst.copy_(src)
+            self._copy()
             self.of = of
         return self.fits
+
+    @torch.inference_mode(False)
+    @torch.no_grad()
+    def _copy(self) -> None:
+        self.fits = all(bool(src.abs().max() <= FP16_MAX) for src in self.halved)
+        for src, dst in self.pairs:
+            dst.copy_(src)
