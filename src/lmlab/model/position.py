@@ -158,7 +158,7 @@ class RoPE(Position):
 
     def rotate(self, q, k, q_pos, k_pos):
         qc, qs = self._cos_sin(q_pos)
-        kc, ks = self._cos_sin(k_pos)
+        kc, ks = (qc, qs) if k_pos is q_pos else self._cos_sin(k_pos)  # self-attention: one table
         return self._rotate(q, qc, qs), self._rotate(k, kc, ks)
 
 
