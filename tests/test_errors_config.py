@@ -5,12 +5,14 @@ too, so every refusal below exits with status 2."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lmlab.config import conf_dir
 from lmlab.errors import UserError
+from lmlab.model import Transformer
 from lmlab.overrides import check_argv
 from lmlab.validate import check_config
-from tests.conftest import compose_cfg, run_entry_point
+from tests.conftest import compose_cfg, model_cfg, run_entry_point
 from tests.test_train_cli import FAST, run
 
 
@@ -45,6 +47,7 @@ def test_train_py_refuses_in_one_line_before_compute(override, message, tmp_path
     ("train", ["module.warmup_steps=500", "trainer.max_steps=400"]),
     ("train", ["model.n_heads=3"]),  # refused by the model's constructor, built on the meta device
     ("generate", ["ckpt_path=none.ckpt", "top_p=1.5"]),
+    ("evaluate", ["ckpt_path=none.ckpt"]),  # refused by load_model, before the data module
 ])
 def test_a_bad_command_line_is_refused_without_loading_lightning(script, argv, tmp_path):
     """Refusals come before Lightning is imported (~3-6 s of a 2-core machine's start-up): the
@@ -53,6 +56,18 @@ def test_a_bad_command_line_is_refused_without_loading_lightning(script, argv, t
     proc = run_entry_point(script, argv, timeout=120)
     assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr[-2000:]
     assert proc.stderr.startswith("lmlab: error: "), proc.stderr[-2000:]
+
+
+def test_evaluate_refuses_a_bad_split_of_a_good_checkpoint_without_loading_lightning(tmp_path):
+    """A readable checkpoint and a split that does not exist: named before the data module (and
+    Lightning with it) is built."""
+    cfg = model_cfg(FAST)
+    state = {f"model.{k}": v for k, v in Transformer(cfg).state_dict().items()}
+    torch.save({"hyper_parameters": {"model": cfg}, "state_dict": state}, tmp_path / "m.ckpt")
+    proc = run_entry_point("evaluate", [f"ckpt_path={tmp_path / 'm.ckpt'}", "split=dev",
+                                        f"hydra.run.dir={tmp_path / 'run'}"], timeout=120)
+    assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr[-2000:]
+    assert proc.stderr.strip() == "lmlab: error: split: unknown 'dev'; valid choices: auto, train, val, test, all"
 
 
 @pytest.mark.parametrize("overrides, message", [

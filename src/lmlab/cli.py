@@ -15,7 +15,7 @@ from lmlab.checkpoint import load_model
 from lmlab.config import conf_dir, register_resolvers
 from lmlab.console import quiet_third_party
 from lmlab.errors import CheckpointSaveError, Diverged, UserError, check_choice, exit_with
-from lmlab.evaluation import score, summary
+from lmlab.evaluation import check_split, score, summary
 from lmlab.hardware import reuse_freed_memory
 from lmlab.job import train as run_job
 from lmlab.overrides import check_argv, finished_run_message
@@ -99,11 +99,12 @@ def _generate(cfg: DictConfig) -> None:
 def _evaluate(cfg: DictConfig) -> float:
     """Loss and perplexity of a checkpoint on held-out text (``split``), and optionally at other
     context lengths (``extrapolate=[1,2,4,8]``); written to ``<run dir>/eval.json``."""
-    from lmlab.training import build_datamodule  # Lightning: only once the command line is good
-
     quiet_third_party()
     try:
+        check_split(cfg.split)
         model = load_model(cfg.ckpt_path, "cpu")
+        from lmlab.training import build_datamodule  # Lightning: only once split and checkpoint are good
+
         cfg.model.context_length = model.context_length
         datamodule = build_datamodule(cfg)
         result = score(model, datamodule, cfg.split, cfg.extrapolate, cfg.data.val_windows)

@@ -14,8 +14,13 @@ from lmlab.extrapolation import extrapolation, format_table
 SPLITS = ("auto", "train", "val", "test", "all")
 
 
-def resolve_split(split: str, datamodule) -> str:
+def check_split(split: str) -> None:
+    """Refuse a ``split`` that is not one of SPLITS (before any data or model is loaded)."""
     check_choice("split", split, SPLITS)
+
+
+def resolve_split(split: str, datamodule) -> str:
+    check_split(split)
     if split != "auto":
         return split
     if datamodule.source == "text":
