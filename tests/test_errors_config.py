@@ -4,6 +4,9 @@ too, so every refusal below exits with status 2."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -47,6 +50,7 @@ def test_train_py_refuses_in_one_line_before_compute(override, message, tmp_path
     ("train", ["module.warmup_steps=500", "trainer.max_steps=400"]),
     ("train", ["model.n_heads=3"]),  # refused by the model's constructor, built on the meta device
     ("generate", ["ckpt_path=none.ckpt", "top_p=1.5"]),
+    ("train", ["extrapolate=[0]"]),
     ("evaluate", ["ckpt_path=none.ckpt"]),  # refused by load_model, before the data module
 ])
 def test_a_bad_command_line_is_refused_without_loading_lightning(script, argv, tmp_path):
@@ -58,16 +62,41 @@ def test_a_bad_command_line_is_refused_without_loading_lightning(script, argv, t
     assert proc.stderr.startswith("lmlab: error: "), proc.stderr[-2000:]
 
 
-def test_evaluate_refuses_a_bad_split_of_a_good_checkpoint_without_loading_lightning(tmp_path):
-    """A readable checkpoint and a split that does not exist: named before the data module (and
-    Lightning with it) is built."""
+@pytest.mark.parametrize("override, message", [
+    ("split=dev", "split: unknown 'dev'; valid choices: auto, train, val, test, all"),
+    ("extrapolate=[1,0]", "extrapolate=[1, 0]: must be a list of multiples of the trained context "
+                          "(16 tokens), each a window of at least one token, e.g. [1,2,4,8]"),
+])
+def test_evaluate_refuses_bad_values_for_a_good_checkpoint_without_loading_lightning(override, message,
+                                                                                      tmp_path):
+    """A readable checkpoint and a split that does not exist, or a context multiple of zero: named
+    before the data module (and Lightning with it) is built."""
     cfg = model_cfg(FAST)
     state = {f"model.{k}": v for k, v in Transformer(cfg).state_dict().items()}
     torch.save({"hyper_parameters": {"model": cfg}, "state_dict": state}, tmp_path / "m.ckpt")
-    proc = run_entry_point("evaluate", [f"ckpt_path={tmp_path / 'm.ckpt'}", "split=dev",
+    proc = run_entry_point("evaluate", [f"ckpt_path={tmp_path / 'm.ckpt'}", override,
                                         f"hydra.run.dir={tmp_path / 'run'}"], timeout=120)
     assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr[-2000:]
-    assert proc.stderr.strip() == "lmlab: error: split: unknown 'dev'; valid choices: auto, train, val, test, all"
+    assert proc.stderr.strip() == f"lmlab: error: {message}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{tmp}/nope"], "no such sweep directory: {tmp}/nope"),
+    (["{tmp}"], "{tmp} holds no jobs (no <job>/metrics.json): is it a multirun directory?"),
+    (["{tmp}", "--extrapolate", "1,x"], "argument --extrapolate: '1,x': must be numbers > 0 separated "
+                                        "by commas, multiples of the trained context, e.g. 1,2,4,8"),
+    (["{tmp}", "--extrapolate", "0"], "argument --extrapolate: '0': must be numbers > 0"),
+])
+def test_rescore_refuses_a_bad_command_line_in_one_line(argv, message, tmp_path):
+    """python -m lmlab.rescore: a missing or empty sweep directory, or multiples that are not
+    numbers > 0, named in argparse's error line (exit status 2) before anything is loaded."""
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    code = ("import sys\nfrom lmlab import rescore\ntry:\n    rescore.main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    print(e.code, 'lightning' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"python -m lmlab.rescore: error: {message.format(tmp=tmp_path)}"), proc.stderr
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -127,6 +156,8 @@ BAD = [
      "module/optimizer=muon with trainer=fsdp: Muon orthogonalizes whole matrices"),
     (["module.optimizer.ns_dtype=half"],
      "module.optimizer.ns_dtype: unknown 'half'; valid choices: auto, bfloat16, float32"),
+    (["extrapolate=[0.5,0]"], "extrapolate=[0.5, 0]: must be a list of multiples of the trained context (16 tokens)"),
+    (["extrapolate=2"], "extrapolate=2: must be a list of multiples"),
     (["module.lr=${nope}"], "module.lr: cannot resolve the interpolation: Interpolation key 'nope' not found"),
     (["+x=${oc.env:LMLAB_SURELY_UNSET}"], "x: cannot resolve the interpolation"),
 ]

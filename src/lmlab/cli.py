@@ -16,6 +16,7 @@ from lmlab.config import conf_dir, register_resolvers
 from lmlab.console import quiet_third_party
 from lmlab.errors import CheckpointSaveError, Diverged, UserError, check_choice, exit_with
 from lmlab.evaluation import check_split, score, summary
+from lmlab.extrapolation import check_factors
 from lmlab.hardware import reuse_freed_memory
 from lmlab.job import train as run_job
 from lmlab.overrides import check_argv, finished_run_message
@@ -103,7 +104,8 @@ def _evaluate(cfg: DictConfig) -> float:
     try:
         check_split(cfg.split)
         model = load_model(cfg.ckpt_path, "cpu")
-        from lmlab.training import build_datamodule  # Lightning: only once split and checkpoint are good
+        check_factors(cfg.extrapolate, model.context_length)
+        from lmlab.training import build_datamodule  # Lightning: only once the command line is good
 
         cfg.model.context_length = model.context_length
         datamodule = build_datamodule(cfg)

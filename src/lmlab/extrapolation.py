@@ -11,12 +11,15 @@ lengths beyond it are reported as n/a (None), not run.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from numbers import Real
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lmlab.data.fixed_windows import FixedWindows
+from lmlab.errors import UserError
 
 TOKENS_PER_BATCH = 1024  # logits of (windows x length) tokens x vocab at a time: ~200 MB in fp32
 
@@ -53,6 +56,19 @@ def by_position(losses: torch.Tensor, buckets: int = 16) -> dict[str, list]:
     edges = np.unique(np.linspace(0, len(per_position), min(buckets, len(per_position)) + 1).astype(int))
     return {"start": [int(a) for a in edges[:-1]],
             "loss": [float(per_position[a:b].mean()) for a, b in zip(edges[:-1], edges[1:])]}
+
+
+def check_factors(factors, context_length: int) -> None:
+    """Refuse an ``extrapolate`` that is not a list of multiples of the trained context, each
+    giving windows of at least one token; before any model or data is loaded. None: not asked."""
+    if factors is None:
+        return
+    good = isinstance(factors, Sequence) and not isinstance(factors, str) and all(
+        isinstance(f, Real) and not isinstance(f, bool) and f * context_length >= 1 for f in factors)
+    if not good:
+        shown = list(factors) if isinstance(factors, Sequence) and not isinstance(factors, str) else factors
+        raise UserError(f"extrapolate={shown!r}: must be a list of multiples of the trained context "
+                         f"({context_length} tokens), each a window of at least one token, e.g. [1,2,4,8]")
 
 
 def extrapolation(model, tokens: np.ndarray, factors: list[float], trained_length: int,

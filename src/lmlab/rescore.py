@@ -16,19 +16,23 @@ from pathlib import Path
 
 import yaml
 
-from lmlab.checkpoint import load_model
-from lmlab.data.datamodule import TokenDataModule
-from lmlab.evaluation import score, summary
+from lmlab.errors import UserError
 from lmlab.run_record import job_status, read_record, write_record
 
 DATA_KEYS = ("source", "path", "val_docs", "test_docs", "val_fraction", "tokenizer")
 
 
 def rescore_job(job_dir: Path, factors: list[float], cache_dir: str) -> dict | None:
+    from lmlab.checkpoint import load_model
+    from lmlab.data.datamodule import TokenDataModule  # Lightning: once the command line is good
+    from lmlab.evaluation import score
+    from lmlab.extrapolation import check_factors
+
     record = read_record(job_dir)
     if job_status(record) != "completed" or not record.get("checkpoint"):
         return None
     model = load_model(record["checkpoint"], "cpu")
+    check_factors(factors, model.context_length)
     data = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())["data"]
     datamodule = TokenDataModule(**{k: data[k] for k in DATA_KEYS if k in data},
                                  context_length=model.context_length, cache_dir=cache_dir)
@@ -39,17 +43,39 @@ def rescore_job(job_dir: Path, factors: list[float], cache_dir: str) -> dict | N
     return result
 
 
+def multiples(text: str) -> list[float]:
+    """``--extrapolate 1,2,4,8`` -> [1, 2, 4, 8]: numbers > 0, else an argparse error naming it."""
+    try:
+        factors = [float(f) if "." in f else int(f) for f in text.split(",")]
+    except ValueError:
+        factors = []
+    if not factors or any(f <= 0 for f in factors):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be numbers > 0 separated by commas, "
+                                         "multiples of the trained context, e.g. 1,2,4,8")
+    return factors
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m lmlab.rescore", description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep_dir")
-    p.add_argument("--extrapolate", default="1,2,4,8", help="multiples of the trained context")
+    p.add_argument("sweep_dir", help="a multirun directory, e.g. outputs/multirun/<date>/<time>")
+    p.add_argument("--extrapolate", default="1,2,4,8", type=multiples,
+                   help="multiples of the trained context (default: 1,2,4,8)")
     p.add_argument("--cache-dir", default="outputs/cache", help="the token cache (data.cache_dir)")
     args = p.parse_args(argv)
-    factors = [float(f) if "." in f else int(f) for f in args.extrapolate.split(",")]
-    jobs = sorted((d for d in Path(args.sweep_dir).iterdir() if (d / "metrics.json").is_file()),
+    sweep = Path(args.sweep_dir)
+    if not sweep.is_dir():
+        p.error(f"no such sweep directory: {sweep}")
+    jobs = sorted((d for d in sweep.iterdir() if (d / "metrics.json").is_file()),
                   key=lambda d: (len(d.name), d.name))
+    if not jobs:
+        p.error(f"{sweep} holds no jobs (no <job>/metrics.json): is it a multirun directory?")
+    from lmlab.evaluation import summary
+
     for job in jobs:
-        result = rescore_job(job, factors, args.cache_dir)
+        try:
+            result = rescore_job(job, args.extrapolate, args.cache_dir)
+        except (UserError, ValueError) as err:
+            raise SystemExit(f"lmlab.rescore: error: job {job.name}: {err}") from None
         print(f"job {job.name}: " + (summary(result) if result else "skipped (not completed)"),
               flush=True)
 

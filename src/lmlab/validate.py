@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.errors import UserError
+from lmlab.extrapolation import check_factors
 
 log = logging.getLogger("lmlab")
 
@@ -112,6 +113,7 @@ def check_config(cfg: DictConfig) -> None:
     if (plain["model"].get("attention") or {}).get("n_kv_heads") == n_heads:  # set, not defaulted
         log.warning(f"model.attention.n_kv_heads={n_heads} equals model.n_heads: this is multi-head "
                     "attention (model/attention=mha) under another name")
+    check_factors(plain.get("extrapolate"), plain["model"]["context_length"])
     sample = plain.get("sample") or {}
     if sample.get("max_new_tokens"):
         check_sampling("sample", sample["max_new_tokens"], sample.get("temperature", 1.0),
