@@ -20,8 +20,11 @@ def compose(overrides: list[str]):
     from hydra.core.global_hydra import GlobalHydra
 
     from lmlab.config import conf_dir, register_resolvers
+    from lmlab.overrides import check_argv
 
     register_resolvers()
+    if (err := check_argv(conf_dir(), "train", overrides)) is not None:
+        raise SystemExit(f"error: {err}")
     GlobalHydra.instance().clear()
     with initialize_config_dir(conf_dir(), version_base="1.3"):
         return hydra_compose("train", overrides=overrides)

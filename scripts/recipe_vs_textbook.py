@@ -129,15 +129,32 @@ def plot_curves(recipe: dict, arms: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def positives(kind):
+    """An argparse type: comma-separated numbers of ``kind`` (int or float), each > 0."""
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or any(v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {kind.__name__}s > 0 separated by commas")
+        return values
+    return parse
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="the recipe's train.py overrides (default: none)")
     parser.add_argument("--recipe-run", type=Path, help="a finished run's directory: not run again")
-    parser.add_argument("--lrs", default="6e-4,1e-3,2e-3,4e-3", help="the textbook's learning rates")
-    parser.add_argument("--batches", default="4,8,16", help="the textbook's batch sizes")
+    parser.add_argument("--lrs", default="6e-4,1e-3,2e-3,4e-3", type=positives(float),
+                        help="the textbook's learning rates")
+    parser.add_argument("--batches", default="4,8,16", type=positives(int), help="the textbook's batch sizes")
     parser.add_argument("--out", type=Path, help="write every figure to this JSON file")
     parser.add_argument("--plot", type=Path, help="draw training loss against seconds into this PNG")
     args = parser.parse_args(argv)
+    if args.recipe_run and not (args.recipe_run / "metrics.json").is_file():
+        parser.error(f"--recipe-run {args.recipe_run}: no metrics.json there; give a finished run's "
+                     "directory (outputs/runs/<time>)")
     reuse_freed_memory()  # as train.py does
     print(machine(), flush=True)
 
@@ -163,8 +180,8 @@ def main(argv=None) -> None:
     data.setup("fit")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     arms = []
-    for batch in (int(b) for b in args.batches.split(",")):
-        for lr in (float(x) for x in args.lrs.split(",")):
+    for batch in args.batches:
+        for lr in args.lrs:
             model, curve = train_textbook(model_cfg, data.train_tokens, lr, batch, seconds, bf16, cfg.seed)
             steps = len(curve)
             arm = {"lr": lr, "batch": batch, "steps": steps, "curve": curve,

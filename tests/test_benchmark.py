@@ -40,6 +40,24 @@ def test_gpu_section_runs_its_step_on_a_cpu_and_reports_tokens_and_mfu():
     assert "no data-sheet peak known for 'cpu'" in out
 
 
+@pytest.mark.parametrize("script, argv, message", [
+    ("benchmark.py", ["train", "model=nope"],
+     "error: model: unknown 'nope'; valid choices: gpt2, llama, mixtral, tiny, tiny_llama"),
+    ("benchmark.py", ["train", "model.n_layer=3"], "error: unknown config key 'model.n_layer'"),
+    ("recipe_vs_textbook.py", ["--recipe-run", "{tmp}/none"], "error: --recipe-run {tmp}/none: no metrics.json there"),
+    ("recipe_vs_textbook.py", ["--lrs", "1e-3,x"], "error: argument --lrs: '1e-3,x': must be floats > 0"),
+    ("recipe_vs_textbook.py", ["--batches", "0"], "error: argument --batches: '0': must be ints > 0"),
+])
+def test_bad_arguments_are_refused_in_one_line(script, argv, message, tmp_path):
+    """A bad override or option: one error line, no traceback, before anything is timed or trained."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, f"scripts/{script}", *(a.format(tmp=tmp_path) for a in argv)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert message.format(tmp=tmp_path) in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
+    assert "ms/step" not in out.stdout
+
+
 @pytest.mark.slow
 def test_generate_section_compares_cache_recompute_and_transformers():
     out = benchmark("generate", *TINY_MODEL, "--new-tokens", "8", "--repeats", "1")

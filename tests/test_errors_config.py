@@ -99,6 +99,16 @@ def test_rescore_refuses_a_bad_command_line_in_one_line(argv, message, tmp_path)
         f"python -m lmlab.rescore: error: {message.format(tmp=tmp_path)}"), proc.stderr
 
 
+def test_report_refuses_a_directory_without_jobs_and_writes_nothing(tmp_path):
+    """python -m lmlab.report on a directory that is no sweep: named, and no report.md left there."""
+    from lmlab.report import make_report
+
+    (tmp_path / "not_a_job").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no jobs"):
+        make_report(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_job"]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model/position=foo"], "model/position: unknown 'foo'; valid choices: alibi, learned, none, rope, sinusoidal"),
     (["model.bias=maybe"], "model.bias='maybe': must be true or false"),

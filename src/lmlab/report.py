@@ -172,9 +172,12 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"no such sweep directory: {sweep_dir}")
+    jobs = load_jobs(sweep_dir)
+    if not jobs:
+        raise FileNotFoundError(f"{sweep_dir} holds no jobs (no <job>/.hydra/overrides.yaml or "
+                                f"<job>/{RECORD_FILE}): is it a multirun directory?")
     out = Path(out_dir) if out_dir else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
-    jobs = load_jobs(sweep_dir)
     arms, varied, common = group_arms(jobs, swept_keys(sweep_dir) or set())
     rows = [arm_row(a) for a in arms]
     n_status = Counter(j.status for j in jobs)
