@@ -14,6 +14,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lmlab.errors import UserError
     from lmlab.interop import hf
 
     parser = argparse.ArgumentParser(prog="hf_convert", description=__doc__.split("\n")[0])
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model = hf.load_checkpoint(args.src)
             hf.export_hf(model, args.dst, layout=args.layout)
-    except (ValueError, FileNotFoundError) as err:
+    except (UserError, ValueError, FileNotFoundError) as err:
         print(f"hf_convert: error: {err}", file=sys.stderr)
         return 2
     print(f"{args.cmd}ed {model.num_params():,} parameters to {args.dst}")

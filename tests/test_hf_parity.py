@@ -146,3 +146,6 @@ def test_convert_script_round_trip_through_an_lmlab_checkpoint(tmp_path):
                         "--layout", "llama"], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "hf_convert: error: position Learned has no Hugging Face llama equivalent" in r.stderr
+    # and a checkpoint that is not there: named, not a traceback
+    assert hf_convert.main(["export", str(tmp_path / "none.ckpt"), str(tmp_path / "y")]) == 2
+    assert not (tmp_path / "y").exists()
