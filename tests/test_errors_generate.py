@@ -13,8 +13,8 @@ from lmlab.data.tokenizer import get_tokenizer
 from lmlab.errors import UserError
 from lmlab.model.transformer import Transformer
 from lmlab.sampling import sample_text, sample_tokens
-from lmlab.validate import check_sampling
-from tests.conftest import TINY, model_cfg
+from lmlab.validate import check_sampling, stop_strings
+from tests.conftest import TINY, compose_cfg, model_cfg
 from tests.test_errors_config import refused
 from tests.test_train_cli import run
 
@@ -25,12 +25,29 @@ from tests.test_train_cli import run
     ("num_samples=0", "num_samples=0: must be an integer >= 1"),
     ("compile=maybe", "compile: unknown 'maybe'; valid choices: true, false, null"),
     ("compile=1", "compile: unknown 1; valid choices: true, false, null"),
+    ("stop=5", "stop=5: must be a list of non-empty strings, e.g. 'stop=[\"\\n\\n\"]'"),
+    ('stop=["ab",""]', "stop=['ab', '']: must be a list of non-empty strings"),
+    ("device=tpu", "device='tpu': unknown; valid choices: auto, cpu, cuda, cuda:<index>, mps"),
 ])
 def test_generate_py_refuses_before_loading_the_checkpoint(override, message, tmp_path):
     # the checkpoint does not exist: the arguments are checked first, in one line
     proc = run("generate.py", f"ckpt_path={tmp_path / 'none.ckpt'}", override,
                f"hydra.run.dir={tmp_path / 'g'}", check=False)
-    assert refused(proc) == f"lmlab: error: {message}"
+    assert refused(proc).startswith(f"lmlab: error: {message}")
+
+
+def test_one_stop_string_is_a_list_of_one():
+    """stop='\\n\\n' typed without brackets ends at a blank line, not at any newline."""
+    assert stop_strings("\n\n") == ["\n\n"] and stop_strings(None) == []
+    assert stop_strings(["END", "\n\n"]) == ["END", "\n\n"]
+
+
+def test_the_readmes_stop_string_is_a_blank_line():
+    """'stop=["\\n\\n"]' on a command line reaches the config as backslash-n twice (Hydra does not
+    decode it); the stop strings generate.py uses are two newlines."""
+    cfg = compose_cfg(["ckpt_path=x", 'stop=["\\n\\n","a\\tb"]'], name="generate")
+    assert list(cfg.stop) == ["\\n\\n", "a\\tb"]
+    assert stop_strings(cfg.stop) == ["\n\n", "a\tb"]
 
 
 @pytest.mark.parametrize("script, key, suggestion", [

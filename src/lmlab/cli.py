@@ -21,7 +21,7 @@ from lmlab.hardware import reuse_freed_memory
 from lmlab.job import train as run_job
 from lmlab.overrides import check_argv, finished_run_message
 from lmlab.sampling import sample_texts
-from lmlab.validate import check_sampling, check_value
+from lmlab.validate import check_device, check_sampling, check_value, stop_strings
 
 CONF_DIR = conf_dir()
 
@@ -75,6 +75,8 @@ def _generate(cfg: DictConfig) -> None:
             check_sampling("", cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, prompt)
         check_value("num_samples", cfg.num_samples, 1, True, False)
         check_choice("compile", cfg.compile, (True, False, None))
+        stop = stop_strings(cfg.stop)
+        check_device(cfg.device)
         model = load_model(cfg.ckpt_path, cfg.device, compile=cfg.compile)
     except (UserError, ValueError) as err:
         exit_with(err)
@@ -83,7 +85,7 @@ def _generate(cfg: DictConfig) -> None:
         print(prompts[0], end="", flush=True)
     texts = sample_texts(
         model, cfg.tokenizer, prompts, num_samples=cfg.num_samples, seed=cfg.seed,
-        stop=list(cfg.stop or []), stop_at_eos=cfg.stop_at_eos,
+        stop=stop, stop_at_eos=cfg.stop_at_eos,
         on_text=(lambda row, piece: print(piece, end="", flush=True)) if live else None,
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
         top_p=cfg.top_p, use_cache=cfg.use_cache,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import numbers
+import re
+from collections.abc import Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -81,6 +83,38 @@ def check_sampling(key: str, max_new_tokens, temperature, top_k, top_p, prompt=N
     if prompt is not None and str(prompt) == "":
         raise UserError(f"{at}prompt={prompt!r}: must be non-empty text "
                         f"(prompt='<|endoftext|>' samples unconditionally)")
+
+
+ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}  # what a backslash before these stands for in a stop string
+
+
+def stop_strings(stop) -> list[str]:
+    """generate.py's ``stop``: a list of non-empty strings (one string alone counts as a list of
+    one); an empty string would end every sample at once. Hydra passes ``"\\n"`` from a command
+    line through as a backslash and an n, so ``\\n``, ``\\t`` and ``\\\\`` are decoded here:
+    ``'stop=["\\n\\n"]'`` ends a sample at a blank line."""
+    if stop is None:
+        return []
+    strings = [stop] if isinstance(stop, str) else stop
+    if not isinstance(strings, Sequence) or not all(isinstance(x, str) and x for x in strings):
+        shown = list(strings) if isinstance(strings, Sequence) else strings
+        raise UserError(f"stop={shown!r}: must be a list of non-empty strings, e.g. 'stop=[\"\\n\\n\"]'")
+    return [re.sub(r"\\([nt\\])", lambda m: ESCAPES[m.group(1)], x) for x in strings]
+
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
+
+
+def check_device(device) -> None:
+    """generate.py's ``device``: one of DEVICES, and present on this machine."""
+    kind = str(device).split(":")[0]
+    index = str(device)[len(kind) + 1:]
+    if kind not in ("auto", "cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise UserError(f"device={device!r}: unknown; valid choices: {', '.join(DEVICES)}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={device}: torch sees no CUDA device here; use device=cpu or auto")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device={device}: torch sees no MPS device here; use device=cpu or auto")
 
 
 def crop_notice(prompt_tokens: int, context_length: int) -> str | None:
