@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from bench_common import compose, machine
+from lmlab.errors import positive_list
 from lmlab.hardware import reuse_freed_memory
-from lmlab.report import read_curve
 from lmlab.schedule import warmup_cosine
+from lmlab.sweep_jobs import read_curve
 from textbook import TextbookGPT, adamw, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,26 +130,14 @@ def plot_curves(recipe: dict, arms: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def positives(kind):
-    """An argparse type: comma-separated numbers of ``kind`` (int or float), each > 0."""
-    def parse(text: str) -> list:
-        try:
-            values = [kind(v) for v in text.split(",")]
-        except ValueError:
-            values = []
-        if not values or any(v <= 0 for v in values):
-            raise argparse.ArgumentTypeError(f"{text!r}: must be {kind.__name__}s > 0 separated by commas")
-        return values
-    return parse
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="the recipe's train.py overrides (default: none)")
     parser.add_argument("--recipe-run", type=Path, help="a finished run's directory: not run again")
-    parser.add_argument("--lrs", default="6e-4,1e-3,2e-3,4e-3", type=positives(float),
-                        help="the textbook's learning rates")
-    parser.add_argument("--batches", default="4,8,16", type=positives(int), help="the textbook's batch sizes")
+    parser.add_argument("--lrs", default="6e-4,1e-3,2e-3,4e-3", help="the textbook's learning rates",
+                        type=positive_list(float, "floats > 0 separated by commas"))
+    parser.add_argument("--batches", default="4,8,16", help="the textbook's batch sizes",
+                        type=positive_list(int, "ints > 0 separated by commas"))
     parser.add_argument("--out", type=Path, help="write every figure to this JSON file")
     parser.add_argument("--plot", type=Path, help="draw training loss against seconds into this PNG")
     args = parser.parse_args(argv)

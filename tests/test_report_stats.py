@@ -12,7 +12,8 @@ import pytest
 import yaml
 from scipy import stats
 
-from lmlab.report import group_arms, load_jobs, make_report
+from lmlab.report import group_arms, make_report
+from lmlab.sweep_jobs import load_jobs
 from lmlab.report_plots import val_loss_figure
 from lmlab.report_speed import steps_to_reach
 from lmlab.stats import compare_to_baseline, holm, mean_interval, min_detectable_difference

@@ -3,6 +3,7 @@ stops on. Nothing here imports torch or Lightning, so a bad command line is refu
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Iterable
 
@@ -43,3 +44,17 @@ def exit_with(err: BaseException, prog: str = "lmlab", status: int = 2) -> None:
     (the default), 1 for a fault met while running (divergence, a failed save)."""
     print(f"{prog}: error: {err}", file=sys.stderr)
     sys.exit(status)
+
+
+def positive_list(parse, what: str):
+    """An argparse type: comma-separated values, each ``parse(text)`` and > 0, else argparse's
+    error ``'<text>': must be <what>``."""
+    def values(text: str) -> list:
+        try:
+            parsed = [parse(v) for v in text.split(",")]
+        except ValueError:
+            parsed = []
+        if not parsed or any(v <= 0 for v in parsed):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {what}")
+        return parsed
+    return values

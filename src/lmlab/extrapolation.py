@@ -63,10 +63,10 @@ def check_factors(factors, context_length: int) -> None:
     giving windows of at least one token; before any model or data is loaded. None: not asked."""
     if factors is None:
         return
-    good = isinstance(factors, Sequence) and not isinstance(factors, str) and all(
-        isinstance(f, Real) and not isinstance(f, bool) and f * context_length >= 1 for f in factors)
-    if not good:
-        shown = list(factors) if isinstance(factors, Sequence) and not isinstance(factors, str) else factors
+    is_list = isinstance(factors, Sequence) and not isinstance(factors, str)
+    if not is_list or not all(isinstance(f, Real) and not isinstance(f, bool) and f * context_length >= 1
+                              for f in factors):
+        shown = list(factors) if is_list else factors
         raise UserError(f"extrapolate={shown!r}: must be a list of multiples of the trained context "
                          f"({context_length} tokens), each a window of at least one token, e.g. [1,2,4,8]")
 

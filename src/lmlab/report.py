@@ -12,75 +12,26 @@ final loss (``lmlab.report_speed``). Works on a running sweep too: a job without
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from lmlab.comparison import comparison_rows
 from lmlab.report_extrapolation import extrapolation_section
 from lmlab.report_plots import plot_val_loss
 from lmlab.report_speed import speed_section
-from lmlab.run_record import RECORD_FILE, job_status, override_key, override_map, read_record, swept_keys
+from lmlab.run_record import RECORD_FILE, override_key, swept_keys
+from lmlab.sweep_jobs import Job, load_jobs
 
 SEED_KEYS = ("seed",)
-
-
-@dataclass
-class Job:
-    num: str
-    path: Path
-    overrides: list[str]
-    metrics: dict
-    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, val/loss)
-
-    @property
-    def status(self) -> str:
-        return job_status(self.metrics)
-
-    def override_map(self) -> dict[str, str]:
-        return override_map(self.overrides)
 
 
 @dataclass
 class Arm:
     label: str  # the arm's own overrides (those that vary across the sweep, seed aside)
     jobs: list[Job]
-
-
-def _job_sort_key(p: Path):
-    return (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name)
-
-
-def read_curve(job_dir: Path, metric: str = "val/loss") -> list[tuple[int, float]]:
-    """``metric`` per step as logged in training, by the CSV logger (empty without its file)."""
-    path = job_dir / "csv" / "metrics.csv"
-    if not path.is_file():
-        return []
-    curve: dict[int, float] = {}
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            v, step = row.get(metric), row.get("step")
-            if v and step:
-                curve.setdefault(int(float(step)), float(v))  # the first: training-time validation
-    return sorted(curve.items())
-
-
-def load_jobs(sweep_dir: Path) -> list[Job]:
-    jobs = []
-    for d in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir()), key=_job_sort_key):
-        ov_file, m_file = d / ".hydra" / "overrides.yaml", d / RECORD_FILE
-        if not ov_file.is_file() and not m_file.is_file():
-            continue  # not a job directory
-        metrics = read_record(d)
-        overrides = (yaml.safe_load(ov_file.read_text()) if ov_file.is_file() else None) or \
-            metrics.get("overrides", [])
-        jobs.append(Job(d.name, d, [str(o) for o in overrides], metrics, read_curve(d)))
-    return jobs
 
 
 def varied_keys(jobs: list[Job]) -> list[str]:

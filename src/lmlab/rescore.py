@@ -16,8 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from lmlab.errors import UserError
+from lmlab.errors import UserError, positive_list
 from lmlab.run_record import job_status, read_record, write_record
+from lmlab.sweep_jobs import job_order
 
 DATA_KEYS = ("source", "path", "val_docs", "test_docs", "val_fraction", "tokenizer")
 
@@ -43,22 +44,12 @@ def rescore_job(job_dir: Path, factors: list[float], cache_dir: str) -> dict | N
     return result
 
 
-def multiples(text: str) -> list[float]:
-    """``--extrapolate 1,2,4,8`` -> [1, 2, 4, 8]: numbers > 0, else an argparse error naming it."""
-    try:
-        factors = [float(f) if "." in f else int(f) for f in text.split(",")]
-    except ValueError:
-        factors = []
-    if not factors or any(f <= 0 for f in factors):
-        raise argparse.ArgumentTypeError(f"{text!r}: must be numbers > 0 separated by commas, "
-                                         "multiples of the trained context, e.g. 1,2,4,8")
-    return factors
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m lmlab.rescore", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep_dir", help="a multirun directory, e.g. outputs/multirun/<date>/<time>")
-    p.add_argument("--extrapolate", default="1,2,4,8", type=multiples,
+    p.add_argument("--extrapolate", default="1,2,4,8", type=positive_list(
+        lambda f: float(f) if "." in f else int(f),
+        "numbers > 0 separated by commas, multiples of the trained context, e.g. 1,2,4,8"),
                    help="multiples of the trained context (default: 1,2,4,8)")
     p.add_argument("--cache-dir", default="outputs/cache", help="the token cache (data.cache_dir)")
     args = p.parse_args(argv)
@@ -66,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     if not sweep.is_dir():
         p.error(f"no such sweep directory: {sweep}")
     jobs = sorted((d for d in sweep.iterdir() if (d / "metrics.json").is_file()),
-                  key=lambda d: (len(d.name), d.name))
+                  key=job_order)
     if not jobs:
         p.error(f"{sweep} holds no jobs (no <job>/metrics.json): is it a multirun directory?")
     from lmlab.evaluation import summary

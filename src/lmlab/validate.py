@@ -96,8 +96,9 @@ def stop_strings(stop) -> list[str]:
     if stop is None:
         return []
     strings = [stop] if isinstance(stop, str) else stop
-    if not isinstance(strings, Sequence) or not all(isinstance(x, str) and x for x in strings):
-        shown = list(strings) if isinstance(strings, Sequence) else strings
+    is_list = isinstance(strings, Sequence)
+    if not is_list or not all(isinstance(x, str) and x for x in strings):
+        shown = list(strings) if is_list else strings
         raise UserError(f"stop={shown!r}: must be a list of non-empty strings, e.g. 'stop=[\"\\n\\n\"]'")
     return [re.sub(r"\\([nt\\])", lambda m: ESCAPES[m.group(1)], x) for x in strings]
 
@@ -107,13 +108,11 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 
 def check_device(device) -> None:
     """generate.py's ``device``: one of DEVICES, and present on this machine."""
-    kind = str(device).split(":")[0]
-    index = str(device)[len(kind) + 1:]
-    if kind not in ("auto", "cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(device)):
         raise UserError(f"device={device!r}: unknown; valid choices: {', '.join(DEVICES)}")
-    if kind == "cuda" and not torch.cuda.is_available():
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={device}: torch sees no CUDA device here; use device=cpu or auto")
-    if kind == "mps" and not torch.backends.mps.is_available():
+    if device == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"device={device}: torch sees no MPS device here; use device=cpu or auto")
 
 
