@@ -13,7 +13,7 @@ from lmlab.data.tokenizer import get_tokenizer
 from lmlab.errors import UserError
 from lmlab.model.transformer import Transformer
 from lmlab.sampling import sample_text, sample_tokens
-from lmlab.validate import check_sampling, stop_strings
+from lmlab.validate import check_sampling, prompt_texts, stop_strings
 from tests.conftest import TINY, compose_cfg, model_cfg
 from tests.test_errors_config import refused
 from tests.test_train_cli import run
@@ -48,6 +48,16 @@ def test_the_readmes_stop_string_is_a_blank_line():
     cfg = compose_cfg(["ckpt_path=x", 'stop=["\\n\\n","a\\tb"]'], name="generate")
     assert list(cfg.stop) == ["\\n\\n", "a\\tb"]
     assert stop_strings(cfg.stop) == ["\n\n", "a\tb"]
+
+
+def test_prompts_typed_on_a_command_line_are_unescaped():
+    """prompt="ROMEO:\\n" means what the YAML default means; one string in ``prompts`` is one
+    prompt, not a prompt per character."""
+    cfg = compose_cfg(["ckpt_path=x", "prompt=ROMEO:\\n"], name="generate")
+    assert cfg.prompt == "ROMEO:\\n" and prompt_texts(cfg.prompt, cfg.prompts) == ["ROMEO:\n"]
+    cfg = compose_cfg(["ckpt_path=x", 'prompts=["A:\\tB","C\\\\n"]'], name="generate")
+    assert prompt_texts(cfg.prompt, cfg.prompts) == ["A:\tB", "C\\n"]
+    assert prompt_texts("x", "JULIET:") == ["JULIET:"]
 
 
 @pytest.mark.parametrize("script, key, suggestion", [

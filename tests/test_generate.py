@@ -194,17 +194,18 @@ def test_a_static_caches_empty_slots_are_finite():
 def test_generate_py_samples_a_checkpoint_without_loading_lightning(tmp_path):
     """generate.py builds the Transformer from the checkpoint alone (no LightningModule, so no
     Lightning import: ~2 s of start-up instead of ~6 on a 2-core machine) and its greedy text is
-    the saved model's own."""
+    the saved model's own. ``prompt=ROMEO:\\n`` typed on a command line means a newline, as in
+    the YAML default (Hydra passes it through as a backslash and an n)."""
     from lmlab.module import LanguageModule
 
     torch.manual_seed(0)
     module = LanguageModule(model=model_cfg(TINY))
     path = tmp_path / "m.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
-    argv = [f"ckpt_path={path}", "prompt=ROMEO:", "max_new_tokens=12", "temperature=0",
+    argv = [f"ckpt_path={path}", "prompt=ROMEO:\\n", "max_new_tokens=12", "temperature=0",
             f"hydra.run.dir={tmp_path / 'out'}"]
     proc = run_entry_point("generate", argv)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split()[-1] == "False", proc.stdout
-    want = sample_texts(module.model.eval(), "gpt2", ["ROMEO:"], max_new_tokens=12, temperature=0)[0]
+    want = sample_texts(module.model.eval(), "gpt2", ["ROMEO:\n"], max_new_tokens=12, temperature=0)[0]
     assert (tmp_path / "out" / "samples.txt").read_text() == want

@@ -21,7 +21,7 @@ from lmlab.hardware import reuse_freed_memory
 from lmlab.job import train as run_job
 from lmlab.overrides import check_argv, finished_run_message
 from lmlab.sampling import sample_texts
-from lmlab.validate import check_device, check_sampling, check_value, stop_strings
+from lmlab.validate import check_device, check_sampling, check_value, prompt_texts, stop_strings
 
 CONF_DIR = conf_dir()
 
@@ -69,7 +69,7 @@ def evaluate() -> None:
 def _generate(cfg: DictConfig) -> None:
     """Samples from a checkpoint, all in one batch, printed and written to ``<run dir>/samples.txt``.
     With ``stream`` and a single sequence, its tokens are printed as they are produced."""
-    prompts = [str(p) for p in cfg.prompts] if cfg.get("prompts") else [str(cfg.prompt)]
+    prompts = prompt_texts(cfg.prompt, cfg.get("prompts"))
     try:
         for prompt in prompts:
             check_sampling("", cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, prompt)

@@ -24,6 +24,7 @@ from lmlab.run_limits import stopped_by, sweep_time_limit, tokens_per_step
 from lmlab.run_record import hydra_job, start_record, write_record
 from lmlab.sampling import sample_text
 from lmlab.throughput import ThroughputMeter
+from lmlab.validate import unescape
 
 log = logging.getLogger("lmlab")
 
@@ -148,7 +149,7 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     if trainer.is_global_zero:
         s = cfg.sample
         if s and s.max_new_tokens:
-            text = sample_text(module.model, cfg.data.tokenizer, s.prompt, seed=cfg.seed,
+            text = sample_text(module.model, cfg.data.tokenizer, unescape(s.prompt), seed=cfg.seed,
                                max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                                top_k=s.top_k, top_p=s.top_p)
             (out_dir / "sample.txt").write_text(text)

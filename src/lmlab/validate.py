@@ -85,14 +85,26 @@ def check_sampling(key: str, max_new_tokens, temperature, top_k, top_p, prompt=N
                         f"(prompt='<|endoftext|>' samples unconditionally)")
 
 
-ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}  # what a backslash before these stands for in a stop string
+ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}  # what a backslash before these stands for
+
+
+def unescape(text: str) -> str:
+    """``\\n``, ``\\t`` and ``\\\\`` in text typed on a command line, decoded. Hydra passes
+    ``prompt="ROMEO:\\n"`` through as a backslash and an n; prompts and stop strings mean a newline."""
+    return re.sub(r"\\([nt\\])", lambda m: ESCAPES[m.group(1)], text)
+
+
+def prompt_texts(prompt, prompts) -> list[str]:
+    """generate.py's prompts: ``prompts`` if set (one string alone counts as a list of one), else
+    ``[prompt]``, each unescaped."""
+    chosen = [prompts] if isinstance(prompts, str) else prompts or [prompt]
+    return [unescape(str(p)) for p in chosen]
 
 
 def stop_strings(stop) -> list[str]:
     """generate.py's ``stop``: a list of non-empty strings (one string alone counts as a list of
-    one); an empty string would end every sample at once. Hydra passes ``"\\n"`` from a command
-    line through as a backslash and an n, so ``\\n``, ``\\t`` and ``\\\\`` are decoded here:
-    ``'stop=["\\n\\n"]'`` ends a sample at a blank line."""
+    one), unescaped; an empty string would end every sample at once. ``'stop=["\\n\\n"]'`` ends
+    a sample at a blank line."""
     if stop is None:
         return []
     strings = [stop] if isinstance(stop, str) else stop
@@ -100,7 +112,7 @@ def stop_strings(stop) -> list[str]:
     if not is_list or not all(isinstance(x, str) and x for x in strings):
         shown = list(strings) if is_list else strings
         raise UserError(f"stop={shown!r}: must be a list of non-empty strings, e.g. 'stop=[\"\\n\\n\"]'")
-    return [re.sub(r"\\([nt\\])", lambda m: ESCAPES[m.group(1)], x) for x in strings]
+    return [unescape(x) for x in strings]
 
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
