@@ -19,8 +19,9 @@ log = logging.getLogger("lmlab")
 
 def train(cfg: DictConfig) -> float | None:
     """One job. In a multirun, a failing or diverging job is recorded as failed in its run
-    record and returns NaN so the other jobs go on (Hydra's sweepers would otherwise raise the
-    first failure and stop); a single run raises."""
+    record and returns None so the other jobs go on (Hydra's sweepers would otherwise raise the
+    first failure and stop; Optuna's sweeper marks a trial that returns None as failed and goes
+    on, where a NaN makes it raise); a single run raises."""
     check_not_finished(_run_dir(cfg))  # before anything is written into it
     try:
         if needs_own_process(cfg):  # multirun + DDP: see lmlab.multirun_ddp (the child checks)
@@ -34,7 +35,7 @@ def train(cfg: DictConfig) -> float | None:
         if hydra_job().get("multirun"):
             log.error(f"job failed, the sweep goes on: {record['error']}",
                       exc_info=not isinstance(err, (UserError, Diverged)))
-            return float("nan")  # Optuna marks a NaN trial as failed
+            return None
         raise
     return metrics.get("val_loss")
 
