@@ -1,5 +1,6 @@
-"""An Optuna search through the command line (hydra-optuna-sweeper): a trial that diverges is a
-failed Optuna trial and the search goes on to the next trial and writes its best parameters."""
+"""Sweeps as a user types them: ``python train.py -m`` with Hydra's default sweep directory, every
+arm checked before the first trains, and an Optuna search (hydra-optuna-sweeper) in which a
+trial that diverges is a failed Optuna trial and the search goes on."""
 
 from __future__ import annotations
 
@@ -15,6 +16,27 @@ from tests.conftest import ROOT
 TINY_TRIAL = ["model.n_layers=1", "model.n_heads=2", "model.context_length=16", "data.batch_size=4",
               "trainer.max_steps=4", "trainer.val_check_interval=2", "data.val_windows=4",
               "sample.max_new_tokens=0", "module.warmup_steps=1"]
+
+
+def train_py(*argv: str, root=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline",
+               PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if root is not None:
+        env["LMLAB_ROOT"] = str(root)
+    return subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_sweep_into_the_default_directory(tmp_path, cache_dir):
+    """No hydra.sweep.dir: the jobs go to <root>/outputs/multirun/<date>/<time>/<n>. (The
+    directory once went through ${hydra:runtime.cwd}, which Hydra's sweeper cannot resolve: every
+    sweep typed as in the README ended in a traceback before its first job.)"""
+    proc = train_py("-m", "seed=0,1", *TINY_TRIAL, "model.d_model=32", f"paths.cache_dir={cache_dir}",
+                    root=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    records = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(2)]
+    assert [r["status"] for r in records] == ["completed", "completed"]
 
 
 def test_a_failed_trial_does_not_end_the_search(tmp_path, cache_dir):
