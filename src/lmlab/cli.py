@@ -21,6 +21,7 @@ from lmlab.hardware import reuse_freed_memory
 from lmlab.job import train as run_job
 from lmlab.overrides import check_argv, finished_run_message
 from lmlab.sampling import sample_texts
+from lmlab.sweep_check import single_run_note
 from lmlab.validate import check_device, check_sampling, check_value, prompt_texts, stop_strings
 
 CONF_DIR = conf_dir()
@@ -46,6 +47,8 @@ def train() -> None:
     argv = sys.argv[1:]
     if (err := check_argv(CONF_DIR, "train", argv) or finished_run_message(argv)) is not None:
         exit_with(err)
+    if (note := single_run_note(argv)) is not None:
+        print(note, file=sys.stderr)
     _train()
 
 

@@ -41,9 +41,16 @@ def unknown_key_message(cfg: DictConfig, overrides: list[str]) -> str | None:
 
 
 def check_argv(config_dir: str, config_name: str, argv: list[str]) -> str | None:
-    """Compose ``config_name`` with the group choices in ``argv`` and check the plain keys."""
-    if any(a in ("-h", "--help", "--hydra-help", "-m", "--multirun") for a in argv):
+    """Compose ``config_name`` with the group choices in ``argv`` and check the plain keys; with
+    ``-m``, each arm of the sweep (``lmlab.sweep_check``)."""
+    if any(a in ("-h", "--help", "--hydra-help") for a in argv):
         return None
+    if any(a in ("-m", "--multirun") for a in argv):
+        if config_name != "train":
+            return None
+        from lmlab.sweep_check import check_sweep
+
+        return check_sweep(config_dir, config_name, argv)
     import os
 
     from hydra import compose, initialize_config_dir
@@ -52,6 +59,8 @@ def check_argv(config_dir: str, config_name: str, argv: list[str]) -> str | None
     keys = [a for a in overrides if _KEY.match(a)
             and not os.path.isdir(os.path.join(config_dir, _KEY.match(a).group(1)))]
     others = [a for a in overrides if a not in keys]  # group choices, +x, ~x
+    if (message := unknown_option_message(config_dir, others)) is not None:
+        return message
     try:
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
             cfg = compose(config_name, overrides=others)
@@ -67,6 +76,26 @@ def check_argv(config_dir: str, config_name: str, argv: list[str]) -> str | None
     except Exception:  # bad override syntax: Hydra's own error says it best
         return None
     return unknown_key_message(cfg, keys) or wrong_type_message(cfg, keys)
+
+
+_CHOICE = re.compile(r"^([A-Za-z_][\w/]*)=([\w.-]+)$")  # `group=option`, `group/sub=option`
+
+
+def unknown_option_message(config_dir: str, overrides: list[str]) -> str | None:
+    """The error for a choice of one of lmlab's groups that has no file. Hydra says nothing when
+    the group is optional: ``experiment=ablate_atention`` would train the default model."""
+    for override in overrides:
+        m = _CHOICE.match(override)
+        group = Path(config_dir, m.group(1)) if m else None
+        if group is None or m.group(1).startswith("hydra") or not group.is_dir():
+            continue
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        if m.group(2) != "null" and m.group(2) not in options:
+            try:
+                check_choice(m.group(1), m.group(2), options)
+            except ValueError as err:
+                return str(err)
+    return None
 
 
 def wrong_type_message(cfg: DictConfig, overrides: list[str]) -> str | None:
