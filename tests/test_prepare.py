@@ -142,14 +142,24 @@ def test_a_shard_of_the_wrong_size_is_refused(prepared, tmp_path):
         read_manifest(copy)
 
 
-def test_train_a_few_steps_on_shards(prepared, tmp_path):
+def test_train_a_few_steps_on_shards_and_evaluate(prepared, tmp_path):
+    """Training, its length extrapolation and evaluate.py all read the shards (the last two once
+    failed on data=tokens: the shard module had no split_tokens, evaluate.py no vocab_size)."""
     out, _ = prepared["parquet"]
     run("train.py", *FAST, "data=tokens", f"data.path={out}", f"hydra.run.dir={tmp_path / 'r'}",
-        "sample.prompt=KING:")
+        "sample.prompt=KING:", "extrapolate=[1,2]")
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     vals = [float(r["val/loss"]) for r in csv.DictReader(open(tmp_path / "r" / "csv" / "metrics.csv"))
             if r.get("val/loss")]
     assert metrics["steps"] == 6 and vals[-1] < vals[0]  # it learns
+    assert [r["factor"] for r in metrics["extrapolation"]["extrapolation"]] == [1, 2]
+    val_tokens = sum(s["tokens"] for s in read_manifest(out)["shards"]["val"])
+    run("evaluate.py", f"ckpt_path={metrics['checkpoint']}", "data=tokens", f"data.path={out}",
+        f"hydra.run.dir={tmp_path / 'e'}")
+    result = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert result["split"] == "val" and result["tokens"] == val_tokens
+    at_trained = metrics["extrapolation"]["extrapolation"][0]  # the best checkpoint, on val
+    assert result["loss"] == pytest.approx(at_trained["loss"], rel=1e-4)
 
 
 @pytest.mark.slow
@@ -181,6 +191,8 @@ def test_clear_errors(prepared, tmp_path):
     with pytest.raises(ValueError, match="empty corpus"):
         prepare(str(src), str(tmp_path / "o"))
     out, _ = prepared["jsonl"]
+    with pytest.raises(ValueError, match="data.path: data=tokens needs data.path=<dir>"):
+        ShardDataModule(None)
     with pytest.raises(ValueError, match="data.tokenizer: 'r50k_base' does not match .* 'gpt2'"):
         ShardDataModule(str(out), tokenizer="r50k_base")
     with pytest.raises(ValueError, match="model.vocab_size: 1000 is smaller"):

@@ -113,6 +113,7 @@ def _evaluate(cfg: DictConfig) -> float:
         from lmlab.training import build_datamodule  # Lightning: only once the command line is good
 
         cfg.model.context_length = model.context_length
+        cfg.model.vocab_size = model.tok_emb.num_embeddings
         datamodule = build_datamodule(cfg)
         result = score(model, datamodule, cfg.split, cfg.extrapolate, cfg.data.val_windows)
     except (UserError, ValueError) as err:

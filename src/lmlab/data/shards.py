@@ -82,6 +82,10 @@ class ShardWindows:
         start = int(j - self.first[s]) * self.length
         return self._map(s)[start : start + self.length]
 
+    def tokens(self) -> np.ndarray:
+        """Every token of the split, shard after shard, read into memory."""
+        return np.concatenate([np.memmap(f, dtype=self.dtype, mode="r") for f in self.files])
+
     def _map(self, s: int) -> np.memmap:
         if s not in self._maps:
             if len(self._maps) >= MAX_OPEN:

@@ -24,6 +24,7 @@ from lmlab.data.datamodule import TokenDataModule
 from lmlab.data.manifest import check_tokenizer, read_manifest
 from lmlab.data.shards import ShardWindows
 from lmlab.data.window_stream import WindowBatches
+from lmlab.errors import check_choice
 
 
 def window_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -93,6 +94,10 @@ class ShardDataModule(TokenDataModule):
         num_workers: int = 0,
     ):
         L.LightningDataModule.__init__(self)  # not TokenDataModule's: there is no text to read
+        if not path:
+            raise ValueError("data.path: data=tokens needs data.path=<dir>, a corpus made by "
+                             "scripts/prepare_data.py")
+        self.source = "tokens"
         self.manifest = read_manifest(path)
         check_tokenizer(self.manifest, tokenizer, vocab_size, path)
         self.path, self.tokenizer_name = Path(path).expanduser().resolve(), tokenizer
@@ -129,6 +134,12 @@ class ShardDataModule(TokenDataModule):
         if self.trainer and self.trainer.max_steps < 0:  # trained by epochs: one pass each
             return len(self.windows["train"])
         return super()._planned_samples(per_step)
+
+    def split_tokens(self, split: str) -> np.ndarray:
+        """All tokens of the ``train`` or ``val`` shards, one after another (evaluation and
+        extrapolation cut their own windows; they are read into memory)."""
+        check_choice("split", split, ("train", "val"))
+        return self.windows[split].tokens()
 
     def val_dataloader(self) -> DataLoader:
         ds = SpacedWindows(self.windows["val"], self.val_windows)
