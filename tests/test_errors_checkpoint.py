@@ -46,6 +46,13 @@ def test_missing_checkpoint(script, tmp_path):
     assert refused(proc) == f"lmlab: error: ckpt_path: no such checkpoint: {tmp_path / 'nope.ckpt'}"
 
 
+def test_a_directory_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    with pytest.raises(UserError, match=f"^ckpt_path: {tmp_path} is a directory, not a checkpoint "
+                                        "file; it holds last.ckpt$"):
+        load_model(tmp_path, "cpu")
+
+
 def test_truncated_empty_and_random_files(ckpt, tmp_path):
     data = ckpt.read_bytes()
     bad = {"truncated": data[: len(data) // 2], "empty": b"", "random": os.urandom(1 << 16)}

@@ -36,6 +36,13 @@ def test_generate_py_refuses_before_loading_the_checkpoint(override, message, tm
     assert refused(proc).startswith(f"lmlab: error: {message}")
 
 
+@pytest.mark.parametrize("script", ["generate.py", "evaluate.py"])
+def test_no_checkpoint_is_one_line(script, tmp_path):
+    proc = run(script, f"hydra.run.dir={tmp_path / 'g'}", check=False)
+    assert refused(proc) == (f"lmlab: error: ckpt_path: required, e.g. python {script} "
+                             "ckpt_path=outputs/runs/<time>/checkpoints/last.ckpt")
+
+
 def test_one_stop_string_is_a_list_of_one():
     """stop='\\n\\n' typed without brackets ends at a blank line, not at any newline."""
     assert stop_strings("\n\n") == ["\n\n"] and stop_strings(None) == []

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 
 from lmlab.data.datamodule import TokenDataModule
-from lmlab.evaluation import resolve_split, score
+from lmlab.evaluation import resolve_split, score, summary
 from lmlab.module import LanguageModule
 from tests.conftest import TINY, model_cfg
 
@@ -59,3 +59,12 @@ def test_which_text_is_scored(datamodule, tmp_path):
     assert resolve_split("auto", text) == "all"  # your own file: all of it
     with pytest.raises(ValueError, match="split: unknown 'dev'; valid choices: auto, train, val"):
         resolve_split("dev", datamodule)
+
+
+def test_the_summary_speaks_of_a_learned_table_only_when_a_length_is_na():
+    row = {"length": 64, "factor": 1, "windows": 3, "loss": 2.0, "ppl": math.exp(2.0)}
+    result = {"split": "test", "loss": 2.0, "ppl": math.exp(2.0), "windows": 3, "context_length": 64,
+              "tokens": 300, "extrapolation": [row, {**row, "length": 128, "factor": 2}]}
+    assert "length extrapolation:\n" in summary(result) and "n/a" not in summary(result)
+    result["extrapolation"][1].update(loss=None, ppl=None, windows=0)
+    assert "length extrapolation (n/a: positions past a learned table):" in summary(result)

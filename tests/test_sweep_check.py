@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from lmlab.config import conf_dir
+from lmlab.run_record import is_sweep
 from lmlab.sweep_check import single_run_note, sweep_arms
 from tests.test_errors_config import refused
 from tests.test_sweep_cli import train_py
@@ -51,3 +52,22 @@ def test_a_preset_without_multirun_gets_a_note():
     assert "without -m this is one run" in single_run_note(["experiment=ablate_norm"])
     assert single_run_note(["-m", "experiment=ablate_norm"]) is None
     assert single_run_note(["model=tiny"]) is None
+
+
+def test_the_slurm_launcher_without_slurm_is_one_line(tmp_path):
+    """submitit's own error was a traceback ending 'Could not detect "srun"'."""
+    import shutil
+
+    if shutil.which("srun"):
+        pytest.skip("this machine has SLURM")
+    proc = train_py("-m", "hydra/launcher=slurm", "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert refused(proc).startswith("lmlab: error: hydra/launcher=slurm: no sbatch and srun")
+
+
+def test_a_list_value_is_not_a_sweep():
+    """The report and W&B labels name an arm by its swept overrides: a list like
+    extrapolate=[1,2] was taken for a sweep (it holds a comma) and labelled every arm."""
+    assert is_sweep("seed=0,1") and is_sweep("seed=range(3)") and is_sweep("model/position=rope,alibi")
+    assert is_sweep("module.lr=tag(log,interval(1e-4,1e-2))")
+    assert not is_sweep("extrapolate=[1,2]") and not is_sweep("logger.wandb.tags=[a,b]")
+    assert not is_sweep("seed=0") and not is_sweep("'stop=[\"a,b\"]'".strip("'"))

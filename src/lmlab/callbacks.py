@@ -60,7 +60,7 @@ class RoutingMonitor(L.Callback):
 
     - logs each layer's per-expert fraction (``routing/layer{i}/expert{e}``) and its max/mean
       load ratio (``routing/layer{i}/imbalance``, 1 when uniform) to every logger;
-    - draws a layer x expert heat map, saved as ``<run dir>/routing/load_step{step}.png`` and sent
+    - draws a layer x expert heat map, saved as ``<run dir>/routing/load_step{step:06d}.png`` and sent
       to W&B as the image ``routing/load`` when a WandbLogger is present.
 
     Router entropy, dropped-token fraction and the aux and z losses per layer are logged by

@@ -52,6 +52,10 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """A checkpoint's contents, loaded with ``weights_only=True``, with a one-line error for a
     missing, unreadable or non-lmlab file."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.ckpt"))
+        hint = f"; it holds {', '.join(found)}" if found else ""
+        raise UserError(f"ckpt_path: {path} is a directory, not a checkpoint file{hint}")
     if not path.is_file():
         raise UserError(f"ckpt_path: no such checkpoint: {path}")
     try:

@@ -50,7 +50,9 @@ def summary(result: dict) -> str:
     text = (f"{result['split']} loss {result['loss']:.4f}, perplexity {result['ppl']:.2f} over "
             f"{result['windows']} windows of {result['context_length']} tokens "
             f"({result['tokens']:,} tokens in the split)")
-    if len(result["extrapolation"]) > 1:
-        text += "\nlength extrapolation (n/a: positions past a learned table):\n"
-        text += format_table(result["extrapolation"])
+    rows = result["extrapolation"]
+    if len(rows) > 1:
+        na = any(r["loss"] is None for r in rows)
+        text += f"\nlength extrapolation{' (n/a: positions past a learned table)' if na else ''}:\n"
+        text += format_table(rows)
     return text

@@ -28,9 +28,15 @@ def override_map(overrides: list[str]) -> dict[str, str]:
 
 
 def is_sweep(override: str) -> bool:
-    """Whether a command-line override sweeps several values (``a=1,2``, ``a=range(..)``...)."""
-    value = override.split("=", 1)[-1]
-    return "," in value or value.startswith(SWEEP_FUNCTIONS)
+    """Whether a command-line override sweeps several values (``a=1,2``, ``a=range(..)``...), as
+    Hydra's own parser reads it: ``extrapolate=[1,2]`` is one list, not a sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).is_sweep_override()
+    except Exception:  # not Hydra's syntax (a record written by hand)
+        value = override.split("=", 1)[-1]
+        return "," in value or value.startswith(SWEEP_FUNCTIONS)
 
 
 def swept_keys(sweep_dir: str | Path) -> set[str] | None:

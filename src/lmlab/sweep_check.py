@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -61,6 +62,10 @@ def _preset_params(config_dir: str, config_name: str, typed) -> dict:
 def check_sweep(config_dir: str, config_name: str, argv: list[str]) -> str | None:
     """The first error of any arm (naming the arm's swept values), or None."""
     from lmlab.overrides import check_argv
+
+    if "hydra/launcher=slurm" in argv and not (shutil.which("sbatch") and shutil.which("srun")):
+        return ("hydra/launcher=slurm: no sbatch and srun on this machine's PATH; submit from a "
+                "SLURM login node, or run here with hydra/launcher=parallel")
 
     try:
         arms = sweep_arms(config_dir, config_name, argv)
