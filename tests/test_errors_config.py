@@ -31,6 +31,9 @@ def refused(proc) -> str:
     ("model=nonexistent", "model: unknown 'nonexistent'; valid choices: gpt2, llama, mixtral, tiny, tiny_llama"),
     ("model.d_model=abc", "model.d_model='abc': must be a number (like its default, 256)"),
     ("model.d_model=0", "model.d_model=0: must be an integer >= 1"),
+    ("trainer.max_time=10min", "trainer.max_time='10min': must be DD:HH:MM:SS (e.g. 00:00:08:45), "
+                               "a dict of days/hours/minutes/seconds (e.g. {minutes:30}), or null"),
+    ("seed=-1", "seed=-1: must be an integer >= 0"),
     ("module.lr=${module.nope}", "module.lr: cannot resolve the interpolation: Interpolation key "
                                  "'module.nope' not found"),
 ])

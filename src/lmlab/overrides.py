@@ -98,6 +98,9 @@ def unknown_option_message(config_dir: str, overrides: list[str]) -> str | None:
     return None
 
 
+MORE_THAN_NUMBERS = ("trainer.devices",)  # a count by default, also `auto` or a list of indices
+
+
 def wrong_type_message(cfg: DictConfig, overrides: list[str]) -> str | None:
     """The error for the first override that gives a number- or bool-valued key a value of
     another kind (``model.d_model=abc``, ``model.bias=maybe``), or None. Keys whose default is
@@ -119,7 +122,7 @@ def wrong_type_message(cfg: DictConfig, overrides: list[str]) -> str | None:
         if isinstance(node, bool):
             if not isinstance(value, bool):
                 return f"{key}={value!r}: must be true or false"
-        elif isinstance(node, (int, float)):
+        elif isinstance(node, (int, float)) and key not in MORE_THAN_NUMBERS:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 return f"{key}={value!r}: must be a number (like its default, {node!r})"
     return None

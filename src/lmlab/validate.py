@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.errors import UserError
 from lmlab.extrapolation import check_factors
+from lmlab.trainer_checks import check_trainer
 
 log = logging.getLogger("lmlab")
 
@@ -144,6 +145,8 @@ def check_config(cfg: DictConfig) -> None:
         section, _, leaf = key.partition(".")
         if leaf in (plain.get(section) or {}):
             check_value(key, plain[section][leaf], low, integer, nullable)
+    check_value("seed", plain.get("seed", 0), 0, True, False)
+    check_trainer(plain["trainer"])
     warmup, steps = plain["module"]["warmup_steps"], plain["trainer"]["max_steps"]
     if warmup > steps:
         raise UserError(f"module.warmup_steps={warmup} is longer than the run (trainer.max_steps="
