@@ -34,6 +34,8 @@ def refused(proc) -> str:
     ("trainer.max_time=10min", "trainer.max_time='10min': must be DD:HH:MM:SS (e.g. 00:00:08:45), "
                                "a dict of days/hours/minutes/seconds (e.g. {minutes:30}), or null"),
     ("seed=-1", "seed=-1: must be an integer >= 0"),
+    ("model.vocab_size=100", "model.vocab_size=100 is smaller than data.tokenizer=gpt2's 50,257 tokens; "
+                             "use at least 50257"),
     ("module.lr=${module.nope}", "module.lr: cannot resolve the interpolation: Interpolation key "
                                  "'module.nope' not found"),
 ])

@@ -28,6 +28,7 @@ from tests.test_train_cli import run
     ("stop=5", "stop=5: must be a list of non-empty strings, e.g. 'stop=[\"\\n\\n\"]'"),
     ('stop=["ab",""]', "stop=['ab', '']: must be a list of non-empty strings"),
     ("device=tpu", "device='tpu': unknown; valid choices: auto, cpu, cuda, cuda:<index>, mps"),
+    ("tokenizer=gpt4", "tokenizer: unknown tokenizer 'gpt4'; valid choices: gpt2"),
 ])
 def test_generate_py_refuses_before_loading_the_checkpoint(override, message, tmp_path):
     # the checkpoint does not exist: the arguments are checked first, in one line

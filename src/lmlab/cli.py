@@ -22,7 +22,8 @@ from lmlab.job import train as run_job
 from lmlab.overrides import check_argv, finished_run_message
 from lmlab.sampling import sample_texts
 from lmlab.sweep_check import single_run_note
-from lmlab.validate import check_device, check_sampling, check_value, prompt_texts, stop_strings
+from lmlab.validate import (check_device, check_sampling, check_value, prompt_texts, stop_strings,
+                            tokenizer_size)
 
 CONF_DIR = conf_dir()
 
@@ -90,6 +91,7 @@ def _generate(cfg: DictConfig) -> None:
         check_choice("compile", cfg.compile, (True, False, None))
         stop = stop_strings(cfg.stop)
         check_device(cfg.device)
+        tokenizer_size("tokenizer", cfg.tokenizer)
         model = load_model(cfg.ckpt_path, cfg.device, compile=cfg.compile)
     except (UserError, ValueError) as err:
         exit_with(err)

@@ -116,6 +116,17 @@ def stop_strings(stop) -> list[str]:
     return [unescape(x) for x in strings]
 
 
+def tokenizer_size(key: str, name: str) -> int:
+    """The vocabulary size of tokenizer ``name`` (set at ``key``); an unknown one, or one that
+    cannot be loaded offline, is a one-line error."""
+    from lmlab.data.tokenizer import get_tokenizer
+
+    try:
+        return get_tokenizer(name).n_vocab
+    except (ValueError, RuntimeError) as err:
+        raise UserError(f"{key}: {err}") from None
+
+
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 
 
@@ -162,6 +173,10 @@ def check_config(cfg: DictConfig) -> None:
         log.warning(f"model.attention.n_kv_heads={n_heads} equals model.n_heads: this is multi-head "
                     "attention (model/attention=mha) under another name")
     check_factors(plain.get("extrapolate"), plain["model"]["context_length"])
+    tokenizer, vocab = (plain.get("data") or {}).get("tokenizer"), plain["model"]["vocab_size"]
+    if tokenizer and vocab < (n := tokenizer_size("data.tokenizer", tokenizer)):
+        raise UserError(f"model.vocab_size={vocab} is smaller than data.tokenizer={tokenizer}'s "
+                        f"{n:,} tokens; use at least {n}")
     sample = plain.get("sample") or {}
     if sample.get("max_new_tokens"):
         check_sampling("sample", sample["max_new_tokens"], sample.get("temperature", 1.0),

@@ -27,6 +27,7 @@ from torch import nn
 
 from lmlab.errors import check_choice
 from lmlab.kv_cache import LayerKV
+from lmlab.model.checks import positive, positive_int_or_null, require
 from lmlab.model.linear import Linear, compute_dtype
 from lmlab.model.norm import RMSNorm
 from lmlab.model.position import Position
@@ -50,8 +51,12 @@ class Attention(nn.Module):
         window: int | None = None,
     ):
         super().__init__()
-        n_kv_heads = n_kv_heads or n_heads  # d_model % n_heads is checked by the Transformer
-        if n_kv_heads < 1 or n_heads % n_kv_heads:
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads  # d_model % n_heads: Transformer
+        positive_int_or_null("model.attention.n_kv_heads", n_kv_heads)
+        require(qkv_bias in (None, True, False), "model.attention.qkv_bias", qkv_bias,
+                "true, false or null (null: model.bias)")
+        positive("model.attention.qk_norm_eps", qk_norm_eps)
+        if n_heads % n_kv_heads:
             raise ValueError(
                 f"model.n_heads={n_heads} is not divisible by model.attention.n_kv_heads={n_kv_heads}"
             )

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.errors import check_choice
+from lmlab.model.checks import is_int, positive, positive_int_or_null, require
 from lmlab.model.linear import Linear
 
 
@@ -29,7 +30,9 @@ class DenseFFN(nn.Module):
         super().__init__()
         acts = {"gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"), "relu": nn.ReLU()}
         check_choice("model.ffn.activation", activation, acts)
-        hidden = hidden_dim or int(hidden_mult * d_model)
+        positive_int_or_null("model.ffn.hidden_dim", hidden_dim)
+        positive("model.ffn.hidden_mult", hidden_mult)
+        hidden = hidden_dim or max(1, int(hidden_mult * d_model))
         self.fc = Linear(d_model, hidden, bias=bias)
         self.act, self.act_name = acts[activation], activation
         self.proj = Linear(hidden, d_model, bias=bias)
@@ -58,6 +61,9 @@ class SwiGLU(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
+        positive_int_or_null("model.ffn.hidden_dim", hidden_dim)
+        require(is_int(multiple_of) and multiple_of >= 1, "model.ffn.multiple_of", multiple_of,
+                "an integer >= 1")
         hidden = hidden_dim or swiglu_hidden(d_model, multiple_of)
         self.gate = Linear(d_model, hidden, bias=bias)
         self.up = Linear(d_model, hidden, bias=bias)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import check_choice
+from lmlab.model.checks import is_int, non_negative, positive_int_or_null, require
 from lmlab.model.ffn import DenseFFN, SwiGLU, swiglu_hidden
 from lmlab.model.linear import Linear
 
@@ -76,6 +77,13 @@ class MoE(nn.Module):
         super().__init__()
         check_choice("model.ffn.expert", expert, EXPERTS)
         check_choice("model.ffn.score", score, SCORES)
+        require(is_int(n_experts) and n_experts >= 1, "model.ffn.n_experts", n_experts,
+                "an integer >= 1")
+        require(is_int(n_shared) and n_shared >= 0, "model.ffn.n_shared", n_shared, "an integer >= 0")
+        positive_int_or_null("model.ffn.hidden_dim", hidden_dim)
+        for key, value in [("aux_loss_coef", aux_loss_coef), ("z_loss_coef", z_loss_coef),
+                           ("bias_update_rate", bias_update_rate)]:
+            non_negative(f"model.ffn.{key}", value)
         if not 1 <= top_k <= n_experts:
             raise ValueError(
                 f"model.ffn.top_k: {top_k} must be between 1 and model.ffn.n_experts={n_experts}"

@@ -6,11 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.model.checks import positive
+
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm with an optional bias (GPT-2 uses one; many newer models drop it)."""
 
     def __init__(self, d_model: int, eps: float = 1e-5, bias: bool = True):
+        positive("model.norm.eps", eps)
         super().__init__(d_model, eps=eps, bias=bias)
 
 
@@ -19,6 +22,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-6):
         super().__init__()
+        positive("model.norm.eps", eps)
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model))
 

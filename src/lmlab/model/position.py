@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import check_choice
+from lmlab.model.checks import positive, positive_int_or_null
 
 
 class Position(nn.Module):
@@ -57,6 +58,7 @@ class Learned(Position):
 
     def __init__(self, d_model: int, context_length: int, max_positions: int | None = None, **dims):
         super().__init__()
+        positive_int_or_null("model.position.max_positions", max_positions)
         rows = max_positions or context_length
         if rows < context_length:
             raise ValueError(
@@ -83,6 +85,7 @@ class Sinusoidal(Position):
 
     def __init__(self, d_model: int, base: float = 10000.0, **dims):
         super().__init__()
+        positive("model.position.base", base)
         inv_freq = base ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.d_model = d_model
@@ -126,6 +129,9 @@ class RoPE(Position):
                 f"(model.d_model / model.n_heads)"
             )
         check_choice("model.position.scaling", scaling, self.SCALINGS)
+        positive("model.position.base", base)
+        positive("model.position.factor", factor)
+        positive_int_or_null("model.position.original_context", original_context)
         self.scaling, self.base = scaling, base
         if scaling == "ntk":
             base = base * factor ** (head_dim / (head_dim - 2))

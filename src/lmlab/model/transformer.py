@@ -17,6 +17,7 @@ from torch import nn
 from lmlab.errors import check_choice
 from lmlab.kv_cache import KVCache
 from lmlab.model.head_loss import linear_cross_entropy
+from lmlab.model.checks import is_number, require
 from lmlab.model.half_copy import HALF_ROWS, HalfCopy
 from lmlab.model.linear import Linear, linear
 from lmlab.model.moe import MoE
@@ -76,12 +77,14 @@ class Transformer(nn.Module):
         d, nh = cfg["d_model"], cfg["n_heads"]
         if nh < 1 or d % nh:  # here, where head_dim is derived for the position and attention
             raise ValueError(f"model.d_model={d} is not divisible by model.n_heads={nh}")
+        dropout = cfg.get("dropout", 0.0)
+        require(is_number(dropout) and 0 <= dropout < 1, "model.dropout", dropout, "in [0, 1)")
         placement = cfg.get("norm_placement", "pre")
         check_choice("model.norm_placement", placement, NORM_PLACEMENTS)
         dims = {
             "d_model": d, "n_heads": nh, "head_dim": d // nh,
             "context_length": cfg["context_length"], "bias": cfg.get("bias", True),
-            "dropout": cfg.get("dropout", 0.0),
+            "dropout": dropout,
         }
         self.context_length = cfg["context_length"]
         self.tok_emb = nn.Embedding(cfg["vocab_size"], d)
