@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmlab.budget import match_params
+from lmlab.budget import check_budget, match_params
 from lmlab.model.transformer import Transformer
 from tests.conftest import CONF, TINY, compose_cfg, model_cfg
 
@@ -64,3 +64,28 @@ def test_bad_reference_is_one_line():
     cfg = compose_cfg(TINY + ["budget.match={attention:mla}"])
     with pytest.raises(ValueError, match="budget.match: model/attention: unknown 'mla'; valid choices: gqa, mha, mqa"):
         match_params(cfg, CONF)
+
+
+@pytest.mark.parametrize("budget, message", [
+    ({"match": "abc"}, "budget.match='abc': must be a parameter count > 0 or the reference's model choices"),
+    ({"match": [1, 2]}, "budget.match=[1, 2]: must be a parameter count > 0"),
+    ({"match": 0}, "budget.match=0: must be a parameter count > 0"),
+    ({"match": {"nosuch": 3}}, "budget.match: 'nosuch' is neither a model group (attention, ffn, norm, "
+                               "position) nor a key of model"),
+    ({"match": {"attention": "mha"}, "adjust": "foo"}, "budget.adjust='foo': not a key of model"),
+    ({"match": 10**6, "adjust": "ffn.nope"}, "budget.adjust='ffn.nope': not a key of model"),
+    ({"match": 10**6, "count": "all"}, "budget.count: unknown 'all'; valid choices: active, non_embedding"),
+    ({"match": 10**6, "tolerance": -1}, "budget.tolerance=-1: must be a fraction in (0, 1)"),
+])
+def test_a_budget_that_cannot_be_carried_out_is_refused_up_front(budget, message):
+    """These trained and recorded a 'model.foo' that was never a width, ignored an unknown
+    reference key, or failed with a dict() error that named nothing, after Lightning had loaded."""
+    model = model_cfg(TINY)
+    with pytest.raises(ValueError) as err:
+        check_budget({"adjust": "ffn.hidden_dim", "count": "active", "tolerance": 0.01, **budget}, model, CONF)
+    assert str(err.value).startswith(message)
+
+
+def test_a_good_budget_passes_the_check():
+    for match in (2_000_000, 2e6, {"attention": "mha"}, {"n_layers": 4}):
+        check_budget({"match": match, "adjust": "ffn.hidden_dim"}, model_cfg(TINY), CONF)

@@ -27,8 +27,7 @@ COUNTS = ("active", "non_embedding")
 def count_params(model_cfg: dict, count: str = "active") -> int:
     from lmlab.model.transformer import Transformer
 
-    if count not in COUNTS:
-        raise ValueError(f"budget.count: unknown {count!r}; valid choices: {', '.join(COUNTS)}")
+    check_count(count)
     with torch.device("meta"):
         model = Transformer(model_cfg)
     n = model.active_params()
@@ -37,6 +36,11 @@ def count_params(model_cfg: dict, count: str = "active") -> int:
         if model.lm_head.weight is not model.tok_emb.weight:
             n -= model.lm_head.weight.numel()
     return n
+
+
+def check_count(count: str) -> None:
+    if count not in COUNTS:
+        raise ValueError(f"budget.count: unknown {count!r}; valid choices: {', '.join(COUNTS)}")
 
 
 def _with(cfg: DictConfig, key: str, value) -> DictConfig:
@@ -65,6 +69,42 @@ def reference_cfg(cfg: DictConfig, reference: dict, conf_dir: str | Path) -> Dic
         else:
             cfg = _with(cfg, f"model.{key}", value)
     return cfg
+
+
+def check_budget(budget: dict, model: dict, conf_dir: str | Path) -> None:
+    """Raise ValueError for a ``budget`` that cannot be carried out (before anything is built):
+    ``match`` a count or ``{group: option | key: value}`` of this model, ``adjust`` one of its
+    keys, ``count`` one of COUNTS, ``tolerance`` in (0, 1)."""
+    match = budget.get("match")
+    if match is None:
+        return
+    is_count = isinstance(match, (int, float)) and not isinstance(match, bool)
+    if not (is_count and match > 0) and not (isinstance(match, dict) and match):
+        raise ValueError(f"budget.match={match!r}: must be a parameter count > 0 or the reference's "
+                         "model choices, e.g. budget.match={attention:mha}")
+    groups = sorted(p.name for p in Path(conf_dir, "model").iterdir() if p.is_dir())
+    for key in match if isinstance(match, dict) else ():
+        if key not in groups and _select(model, str(key)) is _MISSING:
+            raise ValueError(f"budget.match: {key!r} is neither a model group ({', '.join(groups)}) "
+                             f"nor a key of model")
+    adjust = str(budget.get("adjust"))
+    if _select(model, adjust) is _MISSING:
+        raise ValueError(f"budget.adjust={adjust!r}: not a key of model; e.g. ffn.hidden_dim, d_model")
+    check_count(budget.get("count", "active"))
+    tol = budget.get("tolerance", 0.01)
+    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < 1):
+        raise ValueError(f"budget.tolerance={tol!r}: must be a fraction in (0, 1), e.g. 0.01")
+
+
+_MISSING = object()
+
+
+def _select(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
 
 
 def match_params(cfg: DictConfig, conf_dir: str | Path) -> dict | None:

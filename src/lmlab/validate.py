@@ -173,6 +173,13 @@ def check_config(cfg: DictConfig) -> None:
         log.warning(f"model.attention.n_kv_heads={n_heads} equals model.n_heads: this is multi-head "
                     "attention (model/attention=mha) under another name")
     check_factors(plain.get("extrapolate"), plain["model"]["context_length"])
+    from lmlab.budget import check_budget
+    from lmlab.config import conf_dir
+
+    try:
+        check_budget(plain.get("budget") or {}, plain["model"], conf_dir())
+    except ValueError as err:
+        raise UserError(str(err)) from None
     tokenizer, vocab = (plain.get("data") or {}).get("tokenizer"), plain["model"]["vocab_size"]
     if tokenizer and vocab < (n := tokenizer_size("data.tokenizer", tokenizer)):
         raise UserError(f"model.vocab_size={vocab} is smaller than data.tokenizer={tokenizer}'s "
