@@ -14,7 +14,7 @@ import torch
 
 from lmlab.data.corpus import shakespeare_plays
 from lmlab.data.manifest import read_manifest
-from lmlab.data.prepare import prepare
+from lmlab.data.prepare import main as prepare_main, prepare
 from lmlab.data.tokenizer import get_tokenizer
 from lmlab.data.tokens import ShardDataModule, ShardWindowBatches
 from lmlab.data.window_stream import ResumableLoader
@@ -199,3 +199,20 @@ def test_clear_errors(prepared, tmp_path):
         ShardDataModule(str(out), vocab_size=1000)
     with pytest.raises(ValueError, match="already holds a prepared corpus; pass --overwrite"):
         prepare(str(tmp_path / "c.jsonl"), str(out))
+
+
+def test_more_clear_errors(tmp_path, capsys):
+    """An empty JSONL file (a StopIteration from datasets), an OUT_DIR that is a file (a
+    NotADirectoryError), a manifest that is not JSON (an error naming neither file nor key)."""
+    empty, a_file = tmp_path / "empty.jsonl", tmp_path / "a_file"
+    empty.write_text("")
+    a_file.write_text("x")
+    assert prepare_main([str(empty), str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().endswith("valid choices: (none: the source is empty)")
+    (tmp_path / "ok.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
+    assert prepare_main([str(tmp_path / "ok.jsonl"), str(a_file)]) == 2
+    assert capsys.readouterr().err.strip() == f"lmlab: error: OUT_DIR: {a_file} is a file, not a directory"
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "manifest.json").write_text("{bad")
+    with pytest.raises(ValueError, match=r"^data.path: .*bad/manifest.json is not valid JSON \("):
+        read_manifest(tmp_path / "bad")

@@ -35,9 +35,13 @@ def read_manifest(path: str | Path) -> dict:
     if not file.is_file():
         raise ValueError(f"data.path: {path} is not a prepared corpus (no {MANIFEST}; an interrupted "
                          f"preparation leaves none): run `python scripts/prepare_data.py SOURCE {path}`")
-    manifest = json.loads(file.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"data.path: {path} was prepared in format {manifest.get('format')}, this "
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"data.path: {file} is not valid JSON ({err}): prepare it again") from None
+    version = manifest.get("format") if isinstance(manifest, dict) else None
+    if version != FORMAT:
+        raise ValueError(f"data.path: {path} was prepared in format {version}, this "
                          f"lmlab reads format {FORMAT}: prepare it again")
     itemsize = np.dtype(manifest["dtype"]).itemsize
     for split in SPLITS:

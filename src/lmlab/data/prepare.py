@@ -104,6 +104,8 @@ def prepare(source: str, out_dir: str, column: str = "text", tokenizer: str = "g
     enc = get_tokenizer(tokenizer)  # unknown names fail here, before any work
     dtype = token_dtype(enc.n_vocab)
     out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"OUT_DIR: {out_dir} is a file, not a directory")
     if (out / MANIFEST).exists() and not overwrite:
         try:
             read_manifest(out)
@@ -159,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"lmlab: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the hub unreachable, a file unreadable
+        print(f"lmlab: error: source {a.source!r}: cannot be read ({type(err).__name__}: "
+              f"{str(err).splitlines()[0] if str(err) else ''})", file=sys.stderr)
+        return 1
     print(f"prepared {a.out_dir}: {m['tokens']['train']:,} train and {m['tokens']['val']:,} val "
           f"tokens ({m['tokenizer']}, {m['dtype']}) in {m['seconds']} s")
     return 0

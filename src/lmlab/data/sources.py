@@ -66,10 +66,13 @@ class Source:
             return ["text"]
         if self.kind == "saved":
             return list(self._saved().column_names)
-        ds = self._hub() if self.kind == "hub" else _stream_files(self.kind, [self.units(1)[0][0]])
-        if ds.features is not None:
-            return list(ds.features)
-        first = next(iter(ds), None)
+        try:
+            ds = self._hub() if self.kind == "hub" else _stream_files(self.kind, [self.units(1)[0][0]])
+            if ds.features is not None:
+                return list(ds.features)
+            first = next(iter(ds), None)
+        except StopIteration:  # an empty file: datasets finds no first row to infer columns from
+            return []
         return list(first) if first else []
 
     def _saved(self):
