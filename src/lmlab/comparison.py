@@ -70,6 +70,9 @@ def resolve_baseline(arms: list, baseline: str | None) -> str:
     matches = [lb for lb in labels if baseline in lb]
     if len(matches) == 1:
         return matches[0]
+    if matches:
+        raise ValueError(f"baseline: {baseline!r} is part of {len(matches)} arms ({', '.join(matches)}); "
+                         "give more of the label")
     raise ValueError(f"baseline: unknown arm {baseline!r}; valid choices: {', '.join(labels)}")
 
 

@@ -125,9 +125,12 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
         raise FileNotFoundError(f"no such sweep directory: {sweep_dir}")
     jobs = load_jobs(sweep_dir)
     if not jobs:
+        inside = " (it is one job's directory: pass its parent)" if (sweep_dir / RECORD_FILE).is_file() else ""
         raise FileNotFoundError(f"{sweep_dir} holds no jobs (no <job>/.hydra/overrides.yaml or "
-                                f"<job>/{RECORD_FILE}): is it a multirun directory?")
+                                f"<job>/{RECORD_FILE}): is it a multirun directory?{inside}")
     out = Path(out_dir) if out_dir else sweep_dir
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out: {out} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
     arms, varied, common = group_arms(jobs, swept_keys(sweep_dir) or set())
     rows = [arm_row(a) for a in arms]
@@ -194,8 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     try:
         path = make_report(args.sweep_dir, args.out, args.baseline)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"lmlab.report: error: {err}")
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        p.error(str(err))  # one line and exit status 2, as rescore's
     print(path.read_text())
     print(f"wrote {path}")
 
