@@ -10,6 +10,7 @@ import time
 import torch
 
 from bench_common import bench, compose, machine
+from lmlab.errors import positive_int
 
 
 def lmlab_model(overrides: list[str]):
@@ -113,8 +114,8 @@ def cmd_generate(args) -> None:
 
 OPTIONS = [
     ("overrides", dict(nargs="*", help="model config overrides (default: the default model)")),
-    ("--batch", dict(type=int, default=1)),
-    ("--prompt-len", dict(type=int, default=16)),
-    ("--new-tokens", dict(type=int, default=256)),
-    ("--repeats", dict(type=int, default=3)),
+    ("--batch", dict(type=positive_int, default=1)),
+    ("--prompt-len", dict(type=positive_int, default=16)),
+    ("--new-tokens", dict(type=positive_int, default=256)),
+    ("--repeats", dict(type=positive_int, default=3)),
 ]

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from bench_common import bench, compose, machine
 from bench_train import lmlab_step
 from textbook import TextbookGPT, adamw, train_step
+from lmlab.errors import positive_int
 from lmlab.hardware import data_sheet_peak, measured_matmul_flops
 
 GPT2_124M = ["model=gpt2", "module/optimizer=adamw"]
@@ -104,11 +105,11 @@ def profile(step, device: torch.device, steps: int, rows: int = 25) -> None:
 OPTIONS = [
     ("overrides", dict(nargs="*", help="config overrides on model=gpt2 with AdamW")),
     ("--device", dict(default="cuda", help="default: cuda")),
-    ("--batch", dict(type=int, default=16)),
-    ("--steps", dict(type=int, default=20)),
+    ("--batch", dict(type=positive_int, default=16)),
+    ("--steps", dict(type=positive_int, default=20)),
     ("--warmup", dict(type=int, default=5, help="untimed steps first (compilation)")),
     ("--no-compile", dict(action="store_true", help="eager instead of model.compile=true")),
-    ("--matmul-n", dict(type=int, default=8192, help="size of the peak-measuring matmul")),
+    ("--matmul-n", dict(type=positive_int, default=8192, help="size of the peak-measuring matmul")),
     ("--profile", dict(type=int, default=0, metavar="STEPS",
                        help="then profile this many steps: the kernels that took the most time")),
 ]

@@ -16,6 +16,7 @@ from bench_common import bench, machine
 from bench_generate import OPTIONS as GENERATE_OPTIONS, cmd_generate
 from bench_gpu import OPTIONS as GPU_OPTIONS, cmd_gpu
 from bench_train import cmd_overhead, cmd_train
+from lmlab.errors import positive_int
 from lmlab.hardware import reuse_freed_memory
 from lmlab.model.ffn import DenseFFN
 from lmlab.model.moe import MoE
@@ -74,15 +75,15 @@ SECTIONS = {
         ("overrides", dict(nargs="*", help="config overrides on model=tiny with AdamW (the textbook's "
                                            "architecture), e.g. model.n_layers=2 "
                                            "(default: the default sizes and 6 x 384 x 256)")),
-        ("--batch", dict(type=int, default=None, help="default: data.batch_size")),
-        ("--repeats", dict(type=int, default=5)),
+        ("--batch", dict(type=positive_int, default=None, help="default: data.batch_size")),
+        ("--repeats", dict(type=positive_int, default=5)),
         ("--compile", dict(action="store_true", help="also time lmlab with model.compile=true")),
         ("--bf16", dict(action="store_true", help="time bf16 even where it is emulated (slow)")),
     ]),
     "overhead": (cmd_overhead, "tokens/s of the real Lightning loop vs lmlab's raw step", [
         ("overrides", dict(nargs="*", help="config overrides (default: the default run)")),
-        ("--steps", dict(type=int, default=12, help="steps per round")),
-        ("--rounds", dict(type=int, default=4, help="Lightning runs, each followed by as many raw steps")),
+        ("--steps", dict(type=positive_int, default=12, help="steps per round")),
+        ("--rounds", dict(type=positive_int, default=4, help="Lightning runs, each followed by as many raw steps")),
         ("--cache-dir", dict(default=None, help="tokenized corpus cache (default: a temp dir)")),
         ("--bf16", dict(action="store_true", help="time bf16 even where it is emulated (slow)")),
     ]),
@@ -91,26 +92,30 @@ SECTIONS = {
     "gpu": (cmd_gpu, "GPT-2 124M, context 1024, bf16, compiled, on a GPU: tokens/s and MFU",
             GPU_OPTIONS),
     "moe": (cmd_moe, "MoE layer vs a naive masked loop and an equal-active dense FFN", [
-        ("--tokens", dict(type=int, default=4096)),
-        ("--d-model", dict(type=int, default=256)),
-        ("--experts", dict(type=int, default=8)),
-        ("--top-k", dict(type=int, default=2)),
-        ("--hidden", dict(type=int, default=None, help="expert width (default 4 * d_model / top_k)")),
-        ("--repeats", dict(type=int, default=10)),
+        ("--tokens", dict(type=positive_int, default=4096)),
+        ("--d-model", dict(type=positive_int, default=256)),
+        ("--experts", dict(type=positive_int, default=8)),
+        ("--top-k", dict(type=positive_int, default=2)),
+        ("--hidden", dict(type=positive_int, default=None, help="expert width (default 4 * d_model / top_k)")),
+        ("--repeats", dict(type=positive_int, default=10)),
     ]),
 }
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    threads = dict(type=positive_int, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", default=None, **threads)
     sub = parser.add_subparsers(dest="section", required=True)
     for name, (fn, help_, options) in SECTIONS.items():
         p = sub.add_parser(name, help=help_)
         for flag, kw in options:
             p.add_argument(flag, **kw)
+        p.add_argument("--threads", default=argparse.SUPPRESS, **threads)  # before or after the section
         p.set_defaults(fn=fn)
     args = parser.parse_args(argv)
+    if args.section == "moe" and args.top_k > args.experts:
+        sub.choices["moe"].error(f"argument --top-k: {args.top_k} is more than --experts {args.experts}")
     if getattr(args, "compile", False):  # no pool of compile workers left running beside the timings
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     reuse_freed_memory()  # as train.py does

@@ -47,6 +47,10 @@ def test_gpu_section_runs_its_step_on_a_cpu_and_reports_tokens_and_mfu():
     ("recipe_vs_textbook.py", ["--recipe-run", "{tmp}/none"], "error: --recipe-run {tmp}/none: no metrics.json there"),
     ("recipe_vs_textbook.py", ["--lrs", "1e-3,x"], "error: argument --lrs: '1e-3,x': must be floats > 0"),
     ("recipe_vs_textbook.py", ["--batches", "0"], "error: argument --batches: '0': must be ints > 0"),
+    ("benchmark.py", ["moe", "--repeats", "0"], "moe: error: argument --repeats: '0': must be an integer >= 1"),
+    ("benchmark.py", ["moe", "--top-k", "9"], "moe: error: argument --top-k: 9 is more than --experts 8"),
+    ("benchmark.py", ["moe", "--threads", "0"], "moe: error: argument --threads: '0': must be an integer >= 1"),
+    ("benchmark.py", ["generate", "--batch", "-1"], "error: argument --batch: '-1': must be an integer >= 1"),
 ])
 def test_bad_arguments_are_refused_in_one_line(script, argv, message, tmp_path):
     """A bad override or option: one error line, no traceback, before anything is timed or trained."""

@@ -46,6 +46,17 @@ def exit_with(err: BaseException, prog: str = "lmlab", status: int = 2) -> None:
     sys.exit(status)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1, else argparse's error ``'<text>': must be ...``."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be an integer >= 1")
+    return value
+
+
 def positive_list(parse, what: str):
     """An argparse type: comma-separated values, each ``parse(text)`` and > 0, else argparse's
     error ``'<text>': must be <what>``."""
