@@ -34,6 +34,7 @@ def refused(proc) -> str:
     ("trainer.max_time=10min", "trainer.max_time='10min': must be DD:HH:MM:SS (e.g. 00:00:08:45), "
                                "a dict of days/hours/minutes/seconds (e.g. {minutes:30}), or null"),
     ("seed=-1", "seed=-1: must be an integer >= 0"),
+    ("data.test_windows=0", "data.test_windows=0: must be an integer >= 1 or null"),
     ("model.vocab_size=100", "model.vocab_size=100 is smaller than data.tokenizer=gpt2's 50,257 tokens; "
                              "use at least 50257"),
     ("module.lr=${module.nope}", "module.lr: cannot resolve the interpolation: Interpolation key "
@@ -69,6 +70,7 @@ def test_a_bad_command_line_is_refused_without_loading_lightning(script, argv, t
 
 @pytest.mark.parametrize("override, message", [
     ("split=dev", "split: unknown 'dev'; valid choices: auto, train, val, test, all"),
+    ("data.val_windows=0", "data.val_windows=0: must be an integer >= 1 or null"),
     ("extrapolate=[1,0]", "extrapolate=[1, 0]: must be a list of multiples of the trained context "
                           "(16 tokens), each a window of at least one token, e.g. [1,2,4,8]"),
 ])

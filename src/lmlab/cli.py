@@ -120,6 +120,7 @@ def _evaluate(cfg: DictConfig) -> float:
     quiet_third_party()
     try:
         check_split(cfg.split)
+        check_value("data.val_windows", cfg.data.val_windows, 1, True, True)
         model = load_model(cfg.ckpt_path, "cpu")
         check_factors(cfg.extrapolate, model.context_length)
         from lmlab.training import build_datamodule  # Lightning: only once the command line is good

@@ -37,6 +37,7 @@ BOUNDS = {
     "trainer.accumulate_grad_batches": (1, True, False),
     "data.batch_size": (1, True, False),
     "data.val_windows": (1, True, True),
+    "data.test_windows": (1, True, True),
     "data.num_workers": (0, True, False),
 }
 
