@@ -83,6 +83,25 @@ def test_unknown_optimizer_names_the_choices():
     assert "muon" in str(err.value)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["module.optimizer.momentum=2"], "module.optimizer.momentum=2: must be in [0, 1)"),
+    (["module.optimizer.ns_steps=0"], "module.optimizer.ns_steps=0: must be an integer >= 1"),
+    (["module.optimizer.adjust_lr_fn=foo"], "module.optimizer.adjust_lr_fn: unknown 'foo'; valid "
+                                            "choices: match_rms_adamw, original"),
+    (["module/optimizer=adamw", "module.optimizer.fused=maybe"], "module.optimizer.fused='maybe': must "
+                                                                 "be true, false or null"),
+    (["module.betas=[0.9]"], "module.betas=[0.9]: must be two numbers in [0, 1), e.g. [0.9, 0.95]"),
+    (["module.min_lr_ratio=2"], "module.min_lr_ratio=2: must be in [0, 1]"),
+])
+def test_bad_optimizer_values_are_named_when_the_optimizer_is_built(overrides, message):
+    """validate.check_config builds the optimizer before training; these were accepted (momentum
+    2, no Newton-Schulz step, a LR rising to twice its peak) or failed with an unnamed error."""
+    module = build_module(compose_cfg(SMALL + ["model=tiny", *overrides]))
+    with pytest.raises(ValueError) as err:
+        module.configure_optimizers()
+    assert str(err.value).startswith(message)
+
+
 def test_fused_adamw_clips_gradients_under_bf16_autocast(tmp_path):
     """Lightning refuses to clip with an optimizer that claims to unscale fp16 gradients itself;
     lmlab's fused AdamW does not claim it, so bf16-mixed with clipping trains."""

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import check_choice
+from lmlab.model.checks import is_int, is_number, require
 from lmlab.muon import Muon, closure_loss
 
 
@@ -24,6 +25,12 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     """The 2-D weights of the linear layers inside the transformer blocks (not the embedding,
     the position table or the LM head, which sit outside the blocks)."""
     return [m.weight for m in model.blocks.modules() if isinstance(m, nn.Linear)]
+
+
+def check_betas(betas) -> None:
+    values = list(betas) if hasattr(betas, "__iter__") and not isinstance(betas, str) else []
+    ok = len(values) == 2 and all(is_number(b) and 0 <= b < 1 for b in values)
+    require(ok, "module.betas", betas, "two numbers in [0, 1), e.g. [0.9, 0.95]")
 
 
 def _decay_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
@@ -38,6 +45,9 @@ def adamw(model: nn.Module, lr: float, weight_decay: float, betas, params=None,
     """AdamW over ``params`` (default: all trainable parameters of ``model``). ``fused``: None
     picks PyTorch's fused kernel (one pass over each tensor instead of several)."""
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    check_betas(betas)
+    require(fused in (None, True, False), "module.optimizer.fused", fused, "true, false or null (null: "
+            "fused where the device has it)")
     if fused is None:
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
     opt = torch.optim.AdamW(_decay_groups(params, weight_decay), lr=lr, betas=tuple(betas),
@@ -80,6 +90,7 @@ class Combined(torch.optim.Optimizer):
 
 
 NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+ADJUST_LR_FNS = ("match_rms_adamw", "original")  # torch.optim.Muon's
 
 
 def native_ns_dtype(params: list[nn.Parameter]) -> str:
@@ -99,6 +110,9 @@ def muon(model: nn.Module, lr: float, weight_decay: float, betas, momentum: floa
     ids = {id(p) for p in hidden}
     rest = [p for p in model.parameters() if id(p) not in ids]
     check_choice("module.optimizer.ns_dtype", ns_dtype, ("auto", *NS_DTYPES))
+    check_choice("module.optimizer.adjust_lr_fn", adjust_lr_fn, ADJUST_LR_FNS)
+    require(is_number(momentum) and 0 <= momentum < 1, "module.optimizer.momentum", momentum, "in [0, 1)")
+    require(is_int(ns_steps) and ns_steps >= 1, "module.optimizer.ns_steps", ns_steps, "an integer >= 1")
     dtype = NS_DTYPES[native_ns_dtype(hidden) if ns_dtype == "auto" else ns_dtype]
     opt_muon = Muon(hidden, ns_dtype=dtype, lr=lr, weight_decay=weight_decay, momentum=momentum,
                     ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from lmlab.errors import UserError
+from lmlab.model.checks import is_number, require
 
 ANCHOR_KEY = "lmlab_schedule_anchor"  # [step, multiplier] in a checkpoint of an extended run
 
@@ -28,6 +29,8 @@ class Schedule:
     """``LambdaLR``'s multiplier: warmup + cosine, or a cosine tail from an anchor onwards."""
 
     def __init__(self, warmup: int, total: int, min_ratio: float, anchor: tuple[int, float] | None = None):
+        require(is_number(min_ratio) and 0 <= min_ratio <= 1, "module.min_lr_ratio", min_ratio,
+                "in [0, 1] (the final LR as a share of module.lr)")
         self.warmup, self.total, self.min_ratio, self.anchor = warmup, total, min_ratio, anchor
 
     def __call__(self, step: int) -> float:
