@@ -29,6 +29,7 @@ from tests.test_train_cli import run
     ('stop=["ab",""]', "stop=['ab', '']: must be a list of non-empty strings"),
     ("device=tpu", "device='tpu': unknown; valid choices: auto, cpu, cuda, cuda:<index>, mps"),
     ("tokenizer=gpt4", "tokenizer: unknown tokenizer 'gpt4'; valid choices: gpt2"),
+    ('prompts=[ROMEO:,""]', "prompts=['ROMEO:', '']: each prompt must be non-empty text"),
 ])
 def test_generate_py_refuses_before_loading_the_checkpoint(override, message, tmp_path):
     # the checkpoint does not exist: the arguments are checked first, in one line

@@ -83,8 +83,8 @@ def no_checkpoint(script: str) -> str | None:
 def _generate(cfg: DictConfig) -> None:
     """Samples from a checkpoint, all in one batch, printed and written to ``<run dir>/samples.txt``.
     With ``stream`` and a single sequence, its tokens are printed as they are produced."""
-    prompts = prompt_texts(cfg.prompt, cfg.get("prompts"))
     try:
+        prompts = prompt_texts(cfg.prompt, cfg.get("prompts"))
         for prompt in prompts:
             check_sampling("", cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, prompt)
         check_value("num_samples", cfg.num_samples, 1, True, False)

@@ -100,6 +100,8 @@ def prompt_texts(prompt, prompts) -> list[str]:
     """generate.py's prompts: ``prompts`` if set (one string alone counts as a list of one), else
     ``[prompt]``, each unescaped."""
     chosen = [prompts] if isinstance(prompts, str) else prompts or [prompt]
+    if prompts and any(str(p) == "" for p in chosen):
+        raise UserError(f"prompts={list(chosen)!r}: each prompt must be non-empty text")
     return [unescape(str(p)) for p in chosen]
 
 
