@@ -71,3 +71,21 @@ def test_a_list_value_is_not_a_sweep():
     assert is_sweep("module.lr=tag(log,interval(1e-4,1e-2))")
     assert not is_sweep("extrapolate=[1,2]") and not is_sweep("logger.wandb.tags=[a,b]")
     assert not is_sweep("seed=0") and not is_sweep("'stop=[\"a,b\"]'".strip("'"))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_a_slurm_sweep_is_not_held_to_this_machines_accelerators(tmp_path, monkeypatch):
+    """Submitted from a login node without a GPU, trainer=gpu arms run on the cluster's GPU nodes:
+    the arms' checks skip whether this machine has the accelerator (the job checks it there)."""
+    from lmlab.sweep_check import check_sweep
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 1\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    argv = ["-m", "hydra/launcher=slurm", "trainer=gpu", "seed=0,1"]
+    assert check_sweep(conf_dir(), "train", argv) is None
+    local = check_sweep(conf_dir(), "train", ["-m", "trainer=gpu", "seed=0,1"])
+    assert local.startswith("trainer.accelerator=gpu: torch sees no CUDA device here")

@@ -63,7 +63,8 @@ def check_sweep(config_dir: str, config_name: str, argv: list[str]) -> str | Non
     """The first error of any arm (naming the arm's swept values), or None."""
     from lmlab.overrides import check_argv
 
-    if "hydra/launcher=slurm" in argv and not (shutil.which("sbatch") and shutil.which("srun")):
+    remote = "hydra/launcher=slurm" in argv  # the arms run on the cluster's nodes, not here
+    if remote and not (shutil.which("sbatch") and shutil.which("srun")):
         return ("hydra/launcher=slurm: no sbatch and srun on this machine's PATH; submit from a "
                 "SLURM login node, or run here with hydra/launcher=parallel")
 
@@ -73,7 +74,7 @@ def check_sweep(config_dir: str, config_name: str, argv: list[str]) -> str | Non
         return check_argv(config_dir, config_name, [a for a in argv if a not in ("-m", "--multirun")])
     flags = [a for a in argv if a.startswith("-") and a not in ("-m", "--multirun")]
     for arm in arms:
-        message = check_argv(config_dir, config_name, flags + arm) or _check_arm(config_dir, arm)
+        message = check_argv(config_dir, config_name, flags + arm) or _check_arm(config_dir, arm, remote)
         if message is not None:
             swept = [o for o in arm if o.split("=")[0] not in _fixed_keys(argv)]
             return f"{message} (in the sweep's arm {' '.join(swept)})" if swept else message
@@ -86,7 +87,7 @@ def _fixed_keys(argv: list[str]) -> set[str]:
     return {o.get_key_element() for o in typed if not o.is_sweep_override()}
 
 
-def _check_arm(config_dir: str, arm: list[str]) -> str | None:
+def _check_arm(config_dir: str, arm: list[str], remote: bool) -> str | None:
     """``validate.check_config`` on one arm's composed training config (its output paths set to
     the working directory: nothing is written)."""
     from hydra import compose, initialize_config_dir
@@ -99,7 +100,7 @@ def _check_arm(config_dir: str, arm: list[str]) -> str | None:
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     try:
-        check_config(cfg)
+        check_config(cfg, here=not remote)
     except UserError as err:
         return str(err)
     return None

@@ -17,14 +17,16 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 TIME_UNITS = ("days", "hours", "minutes", "seconds")
 
 
-def check_trainer(trainer: dict) -> None:
-    """Raise a one-line UserError for the first bad ``trainer.*`` value."""
+def check_trainer(trainer: dict, here: bool = True) -> None:
+    """Raise a one-line UserError for the first bad ``trainer.*`` value; ``here``: the run is on
+    this machine, so its accelerator must be present (not so for a sweep submitted to SLURM)."""
     try:
         check_choice("trainer.precision", str(trainer.get("precision", "32-true")), PRECISIONS)
         check_choice("trainer.accelerator", trainer.get("accelerator", "auto"), ACCELERATORS)
     except ValueError as err:
         raise UserError(str(err)) from None
-    check_accelerator(trainer.get("accelerator", "auto"))
+    if here:
+        check_accelerator(trainer.get("accelerator", "auto"))
     check_devices(trainer.get("devices", "auto"))
     nodes = trainer.get("num_nodes", 1)
     if not _is_int(nodes) or nodes < 1:

@@ -152,15 +152,17 @@ def crop_notice(prompt_tokens: int, context_length: int) -> str | None:
             f"{context_length}: the model sees only its last {context_length} tokens")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Everything that can be known wrong about a training config before training starts."""
+def check_config(cfg: DictConfig, here: bool = True) -> None:
+    """Everything that can be known wrong about a training config before training starts
+    (``here``: it trains on this machine; a sweep submitted elsewhere is not held to this
+    machine's accelerators)."""
     plain = resolve(cfg)
     for key, (low, integer, nullable) in BOUNDS.items():
         section, _, leaf = key.partition(".")
         if leaf in (plain.get(section) or {}):
             check_value(key, plain[section][leaf], low, integer, nullable)
     check_value("seed", plain.get("seed", 0), 0, True, False)
-    check_trainer(plain["trainer"])
+    check_trainer(plain["trainer"], here)
     warmup, steps = plain["module"]["warmup_steps"], plain["trainer"]["max_steps"]
     if warmup > steps:
         raise UserError(f"module.warmup_steps={warmup} is longer than the run (trainer.max_steps="
