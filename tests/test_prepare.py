@@ -210,6 +210,9 @@ def test_more_clear_errors(tmp_path, capsys):
     assert prepare_main([str(empty), str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().endswith("valid choices: (none: the source is empty)")
     (tmp_path / "ok.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
+    assert prepare_main([str(tmp_path / "ok.jsonl"), str(tmp_path / "o"), "--split", "validation"]) == 2
+    assert "--split: 'validation' chooses a split of a save_to_disk directory or a hub dataset" in (
+        capsys.readouterr().err)  # it was ignored
     assert prepare_main([str(tmp_path / "ok.jsonl"), str(a_file)]) == 2
     assert capsys.readouterr().err.strip() == f"lmlab: error: OUT_DIR: {a_file} is a file, not a directory"
     (tmp_path / "bad").mkdir()

@@ -144,6 +144,9 @@ def open_source(location: str, column: str = "text", split: str = "train") -> So
         src = Source("hub", location, column, split)  # a hub name; needs the network
     else:
         raise ValueError(f"source {location!r}: no such file or directory; valid choices: {KINDS}")
+    if src.kind in ("text", "json", "parquet") and split != "train":
+        raise ValueError(f"--split: {split!r} chooses a split of a save_to_disk directory or a hub "
+                         f"dataset; {location} is {src.kind} files, read whole")
     columns = src.columns()
     if src.kind != "text" and column not in columns:
         raise ValueError(f"--column: {column!r} is not a column of {location}; "
