@@ -1,4 +1,4 @@
-"""Each component refuses its own bad config values in its constructor (lmlab.model.checks), so
+"""Each component refuses its own bad config values in its constructor (lmlab.checks), so
 validate.py's meta-device build names the key before training: these once trained to a NaN,
 crashed in the first step, or were silently taken for something else (n_kv_heads=0 for MHA,
 hidden_dim=0 for the default width, qkv_bias=maybe for true)."""

@@ -31,7 +31,7 @@ def test_a_bad_arm_is_refused_before_any_arm_trains(argv, message, tmp_path):
 
 @pytest.mark.parametrize("multirun", [[], ["-m"]])
 def test_an_unknown_experiment_is_refused(multirun, tmp_path):
-    """experiment is an optional group: Hydra drops a missing option without a word and the
+    """experiment was an optional group: Hydra drops a missing option of one without a word and the
     default model trained for minutes."""
     proc = train_py(*multirun, "experiment=ablate_atention", f"hydra.run.dir={tmp_path / 'run'}",
                     f"hydra.sweep.dir={tmp_path / 'sweep'}")

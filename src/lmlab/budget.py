@@ -21,6 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lmlab.checks import is_number, require
+
 COUNTS = ("active", "non_embedding")
 
 
@@ -78,33 +80,23 @@ def check_budget(budget: dict, model: dict, conf_dir: str | Path) -> None:
     match = budget.get("match")
     if match is None:
         return
-    is_count = isinstance(match, (int, float)) and not isinstance(match, bool)
-    if not (is_count and match > 0) and not (isinstance(match, dict) and match):
-        raise ValueError(f"budget.match={match!r}: must be a parameter count > 0 or the reference's "
-                         "model choices, e.g. budget.match={attention:mha}")
+    require((is_number(match) and match > 0) or (isinstance(match, dict) and bool(match)), "budget.match",
+            match, "a parameter count > 0 or the reference's model choices, e.g. budget.match={attention:mha}")
+    model = OmegaConf.create(model)
     groups = sorted(p.name for p in Path(conf_dir, "model").iterdir() if p.is_dir())
     for key in match if isinstance(match, dict) else ():
-        if key not in groups and _select(model, str(key)) is _MISSING:
+        if key not in groups and OmegaConf.select(model, str(key), default=_MISSING) is _MISSING:
             raise ValueError(f"budget.match: {key!r} is neither a model group ({', '.join(groups)}) "
                              f"nor a key of model")
     adjust = str(budget.get("adjust"))
-    if _select(model, adjust) is _MISSING:
+    if OmegaConf.select(model, adjust, default=_MISSING) is _MISSING:
         raise ValueError(f"budget.adjust={adjust!r}: not a key of model; e.g. ffn.hidden_dim, d_model")
     check_count(budget.get("count", "active"))
     tol = budget.get("tolerance", 0.01)
-    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < 1):
-        raise ValueError(f"budget.tolerance={tol!r}: must be a fraction in (0, 1), e.g. 0.01")
+    require(is_number(tol) and 0 < tol < 1, "budget.tolerance", tol, "a fraction in (0, 1), e.g. 0.01")
 
 
 _MISSING = object()
-
-
-def _select(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return _MISSING
-        tree = tree[part]
-    return tree
 
 
 def match_params(cfg: DictConfig, conf_dir: str | Path) -> dict | None:

@@ -56,7 +56,8 @@ def train() -> None:
 def generate() -> None:
     """``python generate.py ckpt_path=... [overrides]``; a misspelt key is refused in one line."""
     register_resolvers()
-    if (err := check_argv(CONF_DIR, "generate", sys.argv[1:]) or no_checkpoint("generate")) is not None:
+    argv = sys.argv[1:]
+    if (err := check_argv(CONF_DIR, "generate", argv) or no_checkpoint("generate", argv)) is not None:
         exit_with(err)
     _generate()
 
@@ -64,15 +65,15 @@ def generate() -> None:
 def evaluate() -> None:
     """``python evaluate.py ckpt_path=... [overrides]``; a misspelt key is refused in one line."""
     register_resolvers()
-    if (err := check_argv(CONF_DIR, "evaluate", sys.argv[1:]) or no_checkpoint("evaluate")) is not None:
+    argv = sys.argv[1:]
+    if (err := check_argv(CONF_DIR, "evaluate", argv) or no_checkpoint("evaluate", argv)) is not None:
         exit_with(err)
     _evaluate()
 
 
-def no_checkpoint(script: str) -> str | None:
+def no_checkpoint(script: str, argv: list[str]) -> str | None:
     """The error for generate.py or evaluate.py run without ``ckpt_path`` (Hydra's was a traceback
     ending in MissingMandatoryValue), or None."""
-    argv = sys.argv[1:]
     if any(a.startswith(("ckpt_path=", "-")) for a in argv):
         return None
     return (f"ckpt_path: required, e.g. python {script}.py "

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import check_choice
-from lmlab.model.checks import is_int, is_number, require
+from lmlab.checks import is_int, is_number, require
 from lmlab.muon import Muon, closure_loss
 
 

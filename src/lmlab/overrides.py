@@ -59,8 +59,6 @@ def check_argv(config_dir: str, config_name: str, argv: list[str]) -> str | None
     keys = [a for a in overrides if _KEY.match(a)
             and not os.path.isdir(os.path.join(config_dir, _KEY.match(a).group(1)))]
     others = [a for a in overrides if a not in keys]  # group choices, +x, ~x
-    if (message := unknown_option_message(config_dir, others)) is not None:
-        return message
     try:
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
             cfg = compose(config_name, overrides=others)
@@ -76,26 +74,6 @@ def check_argv(config_dir: str, config_name: str, argv: list[str]) -> str | None
     except Exception:  # bad override syntax: Hydra's own error says it best
         return None
     return unknown_key_message(cfg, keys) or wrong_type_message(cfg, keys)
-
-
-_CHOICE = re.compile(r"^([A-Za-z_][\w/]*)=([\w.-]+)$")  # `group=option`, `group/sub=option`
-
-
-def unknown_option_message(config_dir: str, overrides: list[str]) -> str | None:
-    """The error for a choice of one of lmlab's groups that has no file. Hydra says nothing when
-    the group is optional: ``experiment=ablate_atention`` would train the default model."""
-    for override in overrides:
-        m = _CHOICE.match(override)
-        group = Path(config_dir, m.group(1)) if m else None
-        if group is None or m.group(1).startswith("hydra") or not group.is_dir():
-            continue
-        options = sorted(p.stem for p in group.glob("*.yaml"))
-        if m.group(2) != "null" and m.group(2) not in options:
-            try:
-                check_choice(m.group(1), m.group(2), options)
-            except ValueError as err:
-                return str(err)
-    return None
 
 
 MORE_THAN_NUMBERS = ("trainer.devices",)  # a count by default, also `auto` or a list of indices

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from lmlab.errors import UserError
-from lmlab.model.checks import is_number, require
+from lmlab.checks import is_number, require
 
 ANCHOR_KEY = "lmlab_schedule_anchor"  # [step, multiplier] in a checkpoint of an extended run
 

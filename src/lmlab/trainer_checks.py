@@ -9,6 +9,7 @@ import re
 
 import torch
 
+from lmlab.checks import is_int, is_number, require
 from lmlab.errors import UserError, check_choice
 
 PRECISIONS = ("bf16-mixed", "bf16-true", "16-mixed", "16-true", "32-true", "64-true",
@@ -23,24 +24,21 @@ def check_trainer(trainer: dict, here: bool = True) -> None:
     try:
         check_choice("trainer.precision", str(trainer.get("precision", "32-true")), PRECISIONS)
         check_choice("trainer.accelerator", trainer.get("accelerator", "auto"), ACCELERATORS)
+        check_devices(trainer.get("devices", "auto"))
+        nodes = trainer.get("num_nodes", 1)
+        require(is_int(nodes) and nodes >= 1, "trainer.num_nodes", nodes, "an integer >= 1")
+        check_max_time(trainer.get("max_time"))
+        interval = trainer.get("val_check_interval")
+        require(interval is None or (is_int(interval) and interval >= 1)
+                or (isinstance(interval, float) and 0 < interval <= 1), "trainer.val_check_interval",
+                interval, "a number of steps >= 1, a fraction of an epoch in (0, 1], or null")
+        clip = trainer.get("gradient_clip_val")
+        require(clip is None or (is_number(clip) and clip >= 0), "trainer.gradient_clip_val", clip,
+                "a number >= 0 or null (0 or null: no clipping)")
     except ValueError as err:
         raise UserError(str(err)) from None
     if here:
         check_accelerator(trainer.get("accelerator", "auto"))
-    check_devices(trainer.get("devices", "auto"))
-    nodes = trainer.get("num_nodes", 1)
-    if not _is_int(nodes) or nodes < 1:
-        raise UserError(f"trainer.num_nodes={nodes!r}: must be an integer >= 1")
-    check_max_time(trainer.get("max_time"))
-    interval = trainer.get("val_check_interval")
-    if interval is not None and not ((_is_int(interval) and interval >= 1)
-                                     or (isinstance(interval, float) and 0 < interval <= 1)):
-        raise UserError(f"trainer.val_check_interval={interval!r}: must be a number of steps >= 1, "
-                        "a fraction of an epoch in (0, 1], or null")
-    clip = trainer.get("gradient_clip_val")
-    if clip is not None and not (_is_number(clip) and clip >= 0):
-        raise UserError(f"trainer.gradient_clip_val={clip!r}: must be a number >= 0 or null (0 or "
-                        "null: no clipping)")
 
 
 def check_accelerator(accelerator: str) -> None:
@@ -53,30 +51,18 @@ def check_accelerator(accelerator: str) -> None:
 
 def check_devices(devices) -> None:
     """Lightning's forms: a count >= 1 (-1: all), ``auto``, a list of indices, or ``"0,1"``."""
-    ok = (devices == "auto" or (_is_int(devices) and (devices >= 1 or devices == -1))
-          or (isinstance(devices, (list, tuple)) and devices and all(_is_int(d) and d >= 0 for d in devices))
+    ok = (devices == "auto" or (is_int(devices) and (devices >= 1 or devices == -1))
+          or (isinstance(devices, (list, tuple)) and devices and all(is_int(d) and d >= 0 for d in devices))
           or (isinstance(devices, str) and re.fullmatch(r"\d+(,\d+)*,?", devices)))
-    if not ok:
-        raise UserError(f"trainer.devices={devices!r}: must be a count >= 1 (-1: all), auto, or a "
-                        "list of device indices like [0,1]")
+    require(bool(ok), "trainer.devices", devices, "a count >= 1 (-1: all), auto, or a list of device "
+            "indices like [0,1]")
 
 
 def check_max_time(max_time) -> None:
     """null, ``"DD:HH:MM:SS"`` or a dict of days/hours/minutes/seconds, none negative."""
-    if max_time is None:
-        return
-    if isinstance(max_time, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", max_time):
-        return
-    if (isinstance(max_time, dict) and max_time and set(max_time) <= set(TIME_UNITS)
-            and all(_is_number(v) and v >= 0 for v in max_time.values())):
-        return
-    raise UserError(f"trainer.max_time={max_time!r}: must be DD:HH:MM:SS (e.g. 00:00:08:45), a dict "
-                    f"of {'/'.join(TIME_UNITS)} (e.g. {{minutes:30}}), or null")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    ok = (max_time is None
+          or (isinstance(max_time, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", max_time))
+          or (isinstance(max_time, dict) and max_time and set(max_time) <= set(TIME_UNITS)
+              and all(is_number(v) and v >= 0 for v in max_time.values())))
+    require(bool(ok), "trainer.max_time", max_time, f"DD:HH:MM:SS (e.g. 00:00:08:45), a dict of "
+            f"{'/'.join(TIME_UNITS)} (e.g. {{minutes:30}}), or null")

@@ -7,7 +7,6 @@ Each failure is a one-line :class:`UserError` naming the key, the bad value and 
 from __future__ import annotations
 
 import logging
-import numbers
 import re
 from collections.abc import Sequence
 
@@ -15,6 +14,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lmlab.budget import check_budget
+from lmlab.checks import is_int, is_number
+from lmlab.config import conf_dir
 from lmlab.errors import UserError
 from lmlab.extrapolation import check_factors
 from lmlab.trainer_checks import check_trainer
@@ -48,7 +50,7 @@ def check_value(key: str, value, low, integer: bool, nullable: bool) -> None:
     if value is None and nullable:
         return
     kind = "an integer" if integer else "a number"
-    ok_type = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(value, bool)
+    ok_type = is_int(value) if integer else is_number(value)
     if low is None:
         allowed, ok = f"{kind} > 0", ok_type and value > 0
     else:
@@ -79,7 +81,7 @@ def check_sampling(key: str, max_new_tokens, temperature, top_k, top_p, prompt=N
     check_value(f"{at}temperature", temperature, 0, False, False)
     check_value(f"{at}top_k", top_k, 0, True, True)
     if top_p is not None:
-        ok = isinstance(top_p, numbers.Real) and not isinstance(top_p, bool) and 0 < top_p <= 1
+        ok = is_number(top_p) and 0 < top_p <= 1
         if not ok:
             raise UserError(f"{at}top_p={top_p!r}: must be in (0, 1] or null (no nucleus filter)")
     if prompt is not None and str(prompt) == "":
@@ -178,9 +180,6 @@ def check_config(cfg: DictConfig, here: bool = True) -> None:
         log.warning(f"model.attention.n_kv_heads={n_heads} equals model.n_heads: this is multi-head "
                     "attention (model/attention=mha) under another name")
     check_factors(plain.get("extrapolate"), plain["model"]["context_length"])
-    from lmlab.budget import check_budget
-    from lmlab.config import conf_dir
-
     try:
         check_budget(plain.get("budget") or {}, plain["model"], conf_dir())
     except ValueError as err:

@@ -27,7 +27,7 @@ from torch import nn
 
 from lmlab.errors import check_choice
 from lmlab.kv_cache import LayerKV
-from lmlab.model.checks import positive, positive_int_or_null, require
+from lmlab.checks import positive, positive_int_or_null, require
 from lmlab.model.linear import Linear, compute_dtype
 from lmlab.model.norm import RMSNorm
 from lmlab.model.position import Position

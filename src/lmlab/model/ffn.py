@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.errors import check_choice
-from lmlab.model.checks import is_int, positive, positive_int_or_null, require
+from lmlab.checks import is_int, positive, positive_int_or_null, require
 from lmlab.model.linear import Linear
 
 

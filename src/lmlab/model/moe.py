@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import check_choice
-from lmlab.model.checks import is_int, non_negative, positive_int_or_null, require
+from lmlab.checks import is_int, non_negative, positive_int_or_null, require
 from lmlab.model.ffn import DenseFFN, SwiGLU, swiglu_hidden
 from lmlab.model.linear import Linear
 

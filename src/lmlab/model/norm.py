@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.model.checks import positive
+from lmlab.checks import positive
 
 
 class LayerNorm(nn.LayerNorm):

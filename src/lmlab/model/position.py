@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import check_choice
-from lmlab.model.checks import positive, positive_int_or_null
+from lmlab.checks import positive, positive_int_or_null
 
 
 class Position(nn.Module):

@@ -17,7 +17,7 @@ from torch import nn
 from lmlab.errors import check_choice
 from lmlab.kv_cache import KVCache
 from lmlab.model.head_loss import linear_cross_entropy
-from lmlab.model.checks import is_number, require
+from lmlab.checks import is_number, require
 from lmlab.model.half_copy import HALF_ROWS, HalfCopy
 from lmlab.model.linear import Linear, linear
 from lmlab.model.moe import MoE

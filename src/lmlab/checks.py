@@ -1,7 +1,7 @@
-"""The one form of a component's check of its own config values: ``require(ok, key, value,
-allowed)`` raises ``ValueError("model.x=<value>: must be <allowed>")``, which validate.py turns
-into a one-line refusal before anything is built for real (it runs the constructors on the meta
-device)."""
+"""The one form of a check of a config value by the code that owns it (a model component, an
+optimizer, the schedule, the trainer's settings): ``require(ok, key, value, allowed)`` raises
+``ValueError("<key>=<value>: must be <allowed>")``, which validate.py turns into a one-line
+refusal before anything is built for real (it runs the constructors on the meta device)."""
 
 from __future__ import annotations
 
