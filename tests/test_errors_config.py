@@ -55,6 +55,7 @@ def test_train_py_refuses_in_one_line_before_compute(override, message, tmp_path
     ("train", ["trainer.max_steps=0"]),  # refused by validate.check_config, in the job
     ("train", ["module.warmup_steps=500", "trainer.max_steps=400"]),
     ("train", ["model.n_heads=3"]),  # refused by the model's constructor, built on the meta device
+    ("train", ["-m", "model.d_model=32,abc"]),  # a typo in a sweep's second arm, before any arm's config check
     ("generate", ["ckpt_path=none.ckpt", "top_p=1.5"]),
     ("train", ["extrapolate=[0]"]),
     ("evaluate", ["ckpt_path=none.ckpt"]),  # refused by load_model, before the data module

@@ -73,11 +73,14 @@ def check_sweep(config_dir: str, config_name: str, argv: list[str]) -> str | Non
     except Exception:  # bad override syntax, an unknown preset: the single-run checks say it
         return check_argv(config_dir, config_name, [a for a in argv if a not in ("-m", "--multirun")])
     flags = [a for a in argv if a.startswith("-") and a not in ("-m", "--multirun")]
-    for arm in arms:
-        message = check_argv(config_dir, config_name, flags + arm) or _check_arm(config_dir, arm, remote)
-        if message is not None:
-            swept = [o for o in arm if o.split("=")[0] not in _fixed_keys(argv)]
-            return f"{message} (in the sweep's arm {' '.join(swept)})" if swept else message
+    # the command-line checks of every arm first: they need no Lightning, so a typo is refused fast
+    checks = [lambda arm: check_argv(config_dir, config_name, flags + arm),
+              lambda arm: _check_arm(config_dir, arm, remote)]
+    for check in checks:
+        for arm in arms:
+            if (message := check(arm)) is not None:
+                swept = [o for o in arm if o.split("=")[0] not in _fixed_keys(argv)]
+                return f"{message} (in the sweep's arm {' '.join(swept)})" if swept else message
     return None
 
 
