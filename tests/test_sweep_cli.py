@@ -60,3 +60,14 @@ def test_a_failed_trial_does_not_end_the_search(tmp_path, cache_dir):
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_params"]["module.lr"] == 0.001
     assert best["best_value"] == records[1]["val_loss"]
+
+
+def test_help_lists_the_groups_and_the_multirun_launchers():
+    """`python train.py --help`: every group with its options, and hydra/launcher's choices,
+    which Hydra's own group listing leaves out."""
+    out = train_py("--help").stdout
+    assert "model/position: alibi, learned, none, rope, sinusoidal" in out, out
+    assert "module/optimizer: adamw, muon" in out, out
+    launchers = sorted(p.stem for p in (ROOT / "conf" / "hydra" / "launcher").glob("*.yaml"))
+    line = next(ln for ln in out.splitlines() if ln.startswith("hydra/launcher: basic"))
+    assert all(name in line for name in launchers), line
