@@ -70,16 +70,22 @@ class LanguageModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._accumulate(batch)
 
+    def _log_held_out(self, name: str, value: torch.Tensor, **kwargs) -> None:
+        """A held-out figure, already the mean over every DDP rank (torchmetrics syncs when it
+        computes): the max over the ranks' equal values passes it through unchanged (a mean
+        could round it) and tells Lightning it needs no sync of its own."""
+        self.log(name, value, sync_dist=True, reduce_fx="max", **kwargs)
+
     def on_validation_epoch_end(self):
         loss = self._held_out_loss()
-        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
-        self.log("val/ppl", torch.exp(loss), sync_dist=False)
+        self._log_held_out("val/loss", loss, prog_bar=True)
+        self._log_held_out("val/ppl", torch.exp(loss))
 
     def test_step(self, batch, batch_idx):
         self._accumulate(batch)
 
     def on_test_epoch_end(self):
-        self.log("test/loss", self._held_out_loss(), sync_dist=False)
+        self._log_held_out("test/loss", self._held_out_loss())
 
     def configure_optimizers(self):
         """The optimizer of ``module/optimizer`` (a ``_target_`` in lmlab.optim; AdamW when
