@@ -57,12 +57,13 @@ def cmd_train(args) -> None:
     line gives the median step and, at its end, the fastest and slowest round."""
     from omegaconf import OmegaConf
 
+    shapes = {" ".join(args.overrides): [*SAME_ARCHITECTURE, *args.overrides]} if args.overrides else SHAPES
+    configs = {shape: compose(overrides) for shape, overrides in shapes.items()}  # refused before Lightning loads
     from lmlab.training import build_module
 
     print(machine())
-    shapes = {" ".join(args.overrides): [*SAME_ARCHITECTURE, *args.overrides]} if args.overrides else SHAPES
     for shape, overrides in shapes.items():
-        cfg = compose(overrides)
+        cfg = configs[shape]
         torch.manual_seed(0)
         module = build_module(cfg)
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -142,6 +143,7 @@ def cmd_overhead(args) -> None:
     alternating rounds of each so that the machine's load falls on both alike."""
     import tempfile
 
+    compose(args.overrides)  # a bad override is refused before Lightning loads
     from lmlab.training import build_module
 
     print(machine())
