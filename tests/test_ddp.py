@@ -63,3 +63,14 @@ def test_multirun_with_ddp_runs_each_job_in_its_own_directory(tmp_path):
         assert record["variant"] == [f"seed={job}"]
         losses.append(logged(sweep / job, "train/loss")[0])
     assert losses[0] != losses[1]  # two seeds, two runs
+
+
+@pytest.mark.slow
+def test_a_failed_ddp_job_of_a_sweep_keeps_its_own_error(tmp_path):
+    """-m + DDP runs the job as a child run; the job's record keeps the child's own error (the
+    sweep's process overwrote it with 'the job's run exited with status 1')."""
+    sweep = tmp_path / "sweep"
+    run("train.py", "-m", *FAST, *STEPS, *DDP, "module.lr=1e9", f"hydra.sweep.dir={sweep}",
+        f"paths.cache_dir={tmp_path / 'cache'}", timeout=500)
+    record = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert record["status"] == "failed" and record["error"].startswith("Diverged: "), record["error"]

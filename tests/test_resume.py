@@ -2,6 +2,7 @@
 logs the same losses, step for step, as a run that was never stopped (CPU, fp32: bit-exact)."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from lmlab.resume import AtomicCheckpointIO
+from lmlab.run_record import job_status
 from tests.conftest import ROOT
 from tests.test_train_cli import FAST, run
 
@@ -41,7 +43,8 @@ def checkpoint_step(path):
 
 
 def start_and_kill(run_dir, sig, cache, after_step=30, extra=()):
-    """Start `python train.py`, wait for a checkpoint past ``after_step``, send ``sig``."""
+    """Start `python train.py`, wait for a checkpoint past ``after_step``, send ``sig``; the step
+    of the last checkpoint and the exit status."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *RESUMABLE, *extra,
                              f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"], env=env,
@@ -52,8 +55,7 @@ def start_and_kill(run_dir, sig, cache, after_step=30, extra=()):
         assert proc.poll() is None and time.time() < deadline, "the run ended before the signal"
         time.sleep(0.05)
     proc.send_signal(sig)
-    proc.wait(timeout=120)
-    return checkpoint_step(last)
+    return checkpoint_step(last), proc.wait(timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_killed_run_resumes_with_identical_losses(uninterrupted, tmp_path, sig):
     full, cache = uninterrupted
-    step = start_and_kill(tmp_path / "a", sig, cache)
+    step, _ = start_and_kill(tmp_path / "a", sig, cache)
     assert 30 <= step < STEPS  # killed mid-way, after a checkpoint
     run("train.py", *RESUMABLE, f"ckpt_path={tmp_path / 'a/checkpoints/last.ckpt'}",
         f"hydra.run.dir={tmp_path / 'b'}", f"paths.cache_dir={cache}")
@@ -76,6 +78,19 @@ def test_killed_run_resumes_with_identical_losses(uninterrupted, tmp_path, sig):
         assert got == after and len(got) == STEPS - step, key  # bit-exact: data, optimizer, schedule
     assert logged(tmp_path / "b", "val/loss") == {s: v for s, v in logged(full, "val/loss").items()
                                                    if s >= step}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_run_exits_non_zero_and_records_the_interruption(uninterrupted, tmp_path, sig):
+    """SIGTERM (a scheduler, `kill`) and Ctrl-C: Lightning ends training at a step's end; the run
+    records that it was interrupted and by what, and exits with the shell's status for the signal
+    (it exited 0 on SIGTERM, its record left saying running)."""
+    _, cache = uninterrupted
+    step, status = start_and_kill(tmp_path / "a", sig, cache, after_step=5)
+    assert status == 128 + sig
+    record = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and record["error"] == f"interrupted by {sig.name}"
+    assert job_status(record) == "interrupted" and 5 <= step < STEPS  # its last checkpoint kept
 
 
 def test_resuming_with_another_length_is_refused_unless_extended(uninterrupted, tmp_path):
@@ -100,8 +115,6 @@ def test_resuming_with_another_length_is_refused_unless_extended(uninterrupted, 
 @pytest.mark.slow
 def test_killed_run_on_prepared_shards_resumes_with_identical_losses(tmp_path):
     """data=tokens: the loader restarts at the batch the checkpoint recorded, so a resumed run is exact."""
-    import json
-
     from lmlab.data.corpus import shakespeare_plays
     from lmlab.data.prepare import prepare
 
@@ -111,7 +124,7 @@ def test_killed_run_on_prepared_shards_resumes_with_identical_losses(tmp_path):
     prepare(str(src), str(tmp_path / "shards"), val_fraction=0.05)
     tokens = ["data=tokens", f"data.path={tmp_path / 'shards'}"]
     run("train.py", *RESUMABLE, *tokens, f"hydra.run.dir={tmp_path / 'full'}")
-    step = start_and_kill(tmp_path / "a", signal.SIGKILL, tmp_path / "cache", 30, tokens)
+    step, _ = start_and_kill(tmp_path / "a", signal.SIGKILL, tmp_path / "cache", 30, tokens)
     assert 30 <= step < STEPS
     run("train.py", *RESUMABLE, *tokens, f"ckpt_path={tmp_path / 'a/checkpoints/last.ckpt'}",
         f"hydra.run.dir={tmp_path / 'b'}")
@@ -122,6 +135,7 @@ def test_killed_run_on_prepared_shards_resumes_with_identical_losses(tmp_path):
 KILL_WHILE_SAVING = """
 import sys, torch
 from lmlab.resume import AtomicCheckpointIO
+from lmlab.run_record import job_status
 print("saving", flush=True)
 AtomicCheckpointIO().save_checkpoint({"w": torch.ones(150_000_000)}, sys.argv[1])  # ~600 MB
 """

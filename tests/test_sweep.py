@@ -240,4 +240,4 @@ def test_a_diverging_arm_fails_alone(wandb_sweep):
     rows = {r["arm"]: r for r in table_rows(report)}
     assert rows["module.lr=1000000000.0"]["status"] == "1 failed"
     assert rows["module.lr=0.001"]["status"] == "1 completed"
-    assert "## Failed jobs" in report and "job 1 (`module.lr=1000000000.0`): Diverged" in report
+    assert "## Failed or interrupted jobs" in report and "job 1 (`module.lr=1000000000.0`): Diverged" in report

@@ -5,12 +5,13 @@ a bad value is refused in about the time it takes to import torch."""
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from lmlab.errors import Diverged, UserError
-from lmlab.multirun_ddp import needs_own_process, run_as_child
+from lmlab.multirun_ddp import ChildRunFailed, needs_own_process, run_as_child
 from lmlab.run_record import check_not_finished, hydra_job, record_failure
 from lmlab.validate import check_config
 
@@ -31,13 +32,33 @@ def train(cfg: DictConfig) -> float | None:
 
         metrics = run_training(cfg)
     except Exception as err:
-        record = record_failure(_run_dir(cfg), err, cfg.get("seed"))
+        reason = str(err) if isinstance(err, ChildRunFailed) else err  # the child said why
+        record = record_failure(_run_dir(cfg), reason, cfg.get("seed"))
         if hydra_job().get("multirun"):
             log.error(f"job failed, the sweep goes on: {record['error']}",
                       exc_info=not isinstance(err, (UserError, Diverged)))
             return None
         raise
+    except (KeyboardInterrupt, SystemExit) as err:
+        if (signum := interrupting_signal(err)) is None:
+            raise
+        name = signal.Signals(signum).name
+        record_failure(_run_dir(cfg), f"interrupted by {name}", cfg.get("seed"), status="interrupted")
+        log.error(f"interrupted by {name}: the run is recorded as interrupted; its last checkpoint "
+                  f"resumes it (ckpt_path=.../checkpoints/last.ckpt)")
+        raise SystemExit(128 + signum) from None  # the shell's status for a run a signal ended
     return metrics.get("val_loss")
+
+
+def interrupting_signal(err: BaseException) -> int | None:
+    """The signal that ended training, or None for another exit. Lightning turns SIGTERM into
+    its ``SIGTERMException`` (a SystemExit, status 0) at a step's end, and Ctrl-C into
+    ``sys.exit(1)`` raised while handling the KeyboardInterrupt."""
+    if type(err).__name__ == "SIGTERMException":
+        return signal.SIGTERM
+    if isinstance(err, KeyboardInterrupt) or isinstance(err.__context__, KeyboardInterrupt):
+        return signal.SIGINT
+    return None
 
 
 def _run_dir(cfg: DictConfig) -> Path:

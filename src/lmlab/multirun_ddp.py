@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from lmlab.run_record import hydra_job, read_record, write_record
+from lmlab.run_record import hydra_job, job_status, read_record, write_record
 
 
 def needs_own_process(cfg: DictConfig) -> bool:
@@ -47,5 +47,11 @@ def run_as_child(cfg: DictConfig) -> float | None:
     record = {**read_record(job_dir), "overrides": job["overrides"], "variant": job["variant"]}
     write_record(job_dir, record)  # the sweep's view of the job: its varied overrides
     if proc.returncode != 0:
-        raise RuntimeError(f"the job's run exited with status {proc.returncode}; see {job_dir}")
+        raise ChildRunFailed(record.get("error") if job_status(record) in ("failed", "interrupted")
+                             else f"the job's run exited with status {proc.returncode}; see {job_dir}")
     return record.get("val_loss")
+
+
+class ChildRunFailed(RuntimeError):
+    """The job's own run failed: its error as that run recorded it (or its exit status, where it
+    could not record one), which the job's record keeps as it is."""

@@ -154,9 +154,9 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     def arm_of(j: Job) -> str:
         return " ".join(o for o in j.overrides if override_key(o) in varied)
 
-    failed = [j for j in jobs if j.status == "failed"]
+    failed = [j for j in jobs if j.status in ("failed", "interrupted")]
     if failed:
-        parts.append("## Failed jobs\n")
+        parts.append("## Failed or interrupted jobs\n")
         parts += [f"- job {j.num} (`{arm_of(j)}`): {j.metrics.get('error', 'unknown error')}"
                   for j in failed]
         parts.append("")

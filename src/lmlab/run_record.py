@@ -101,11 +101,13 @@ def start_record(run_dir: str | Path, job: dict, seed) -> dict:
     return record
 
 
-def record_failure(run_dir: str | Path, err: BaseException, seed=None) -> dict:
-    """Mark the run failed with its error (keeping what the record already holds); return it."""
+def record_failure(run_dir: str | Path, err: BaseException | str, seed=None,
+                   status: str = "failed") -> dict:
+    """Mark the run failed (or ``interrupted``) with its error (keeping what the record already
+    holds); return it."""
     job = hydra_job()
-    record = {**read_record(run_dir), "status": "failed",
-              "error": f"{type(err).__name__}: {err}".strip(), "finished": time.time()}
+    error = err if isinstance(err, str) else f"{type(err).__name__}: {err}".strip()
+    record = {**read_record(run_dir), "status": status, "error": error, "finished": time.time()}
     record.setdefault("overrides", job.get("overrides", []))
     record.setdefault("variant", job.get("variant", []))
     record.setdefault("seed", seed)
@@ -124,7 +126,7 @@ def check_not_finished(run_dir: str | Path) -> None:
 
 
 def job_status(record: dict) -> str:
-    """running / completed / failed; older records without a status count as completed once they
+    """running / completed / failed / interrupted; older records without a status count as completed once they
     hold a validation loss."""
     if "status" in record:
         return record["status"]
