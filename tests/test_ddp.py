@@ -19,7 +19,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     run("train.py", *FAST, *STEPS, "data.batch_size=4", f"hydra.run.dir={tmp_path / 'one'}",
         f"paths.cache_dir={cache}")
     proc = run("train.py", *FAST, *STEPS, *DDP, "data.batch_size=2", f"hydra.run.dir={tmp_path / 'two'}",
-               f"paths.cache_dir={cache}", timeout=400)
+               f"paths.cache_dir={cache}", "logger=many", timeout=400)  # CSV and W&B (offline)
+    assert len(list((tmp_path / "two" / "wandb").glob("offline-run-*"))) == 1  # rank 0's W&B run
     assert "sync_dist" not in proc.stderr  # held-out losses are synced by torchmetrics, and logged so
     one, two = logged(tmp_path / "one", "train/loss"), logged(tmp_path / "two", "train/loss")
     assert sorted(one) == sorted(two) == list(range(6))

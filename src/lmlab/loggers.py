@@ -44,8 +44,11 @@ class WandbRuns:
 
     def __init__(self, loggers: list):
         from lightning.pytorch.loggers import WandbLogger
+        from lightning.pytorch.utilities import rank_zero_only
 
-        self.loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+        # ranks > 0 of DDP hold a dummy experiment: only rank 0 has a W&B run to fill in
+        here = getattr(rank_zero_only, "rank", 0) == 0
+        self.loggers = [lg for lg in loggers if isinstance(lg, WandbLogger) and here]
 
     def start(self, cfg: DictConfig) -> None:
         for wl in self.loggers:  # the whole resolved config, not only the module's hparams
