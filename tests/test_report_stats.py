@@ -207,3 +207,18 @@ def test_extrapolation_table_and_plot(tmp_path):
     low, high = stats.t.interval(0.95, 2, loc=5.9, scale=stats.sem([4.9, 5.9, 6.9]))
     assert numbers(alibi.split(" | ")[3]) == pytest.approx([5.9, low, high], abs=1e-4)
     assert (sweep / "extrapolation.png").stat().st_size > 0
+
+
+def test_a_job_run_with_the_default_seed_pairs_with_the_same_seed_typed(sweep):
+    """A job without `seed=` on its command line has its seed from metrics.json (an int); the
+    same seed typed is a string: they pair, and the comparison is the one with every seed typed."""
+    from lmlab.comparison import comparison_rows
+
+    def rows():
+        arms, _, _ = group_arms(load_jobs(sweep), {"model/position", "seed"})
+        return {r["arm"]: r for r in comparison_rows(arms, "learned")[0]}
+
+    typed = rows()
+    overrides = sweep / "0" / ".hydra" / "overrides.yaml"  # learned, seed 0
+    overrides.write_text(yaml.safe_dump(["model/position=learned"]))
+    assert rows() == typed

@@ -19,8 +19,10 @@ LOSSES = (("final_val_loss", "val_loss", "final val loss"),
           ("test_loss", None, "test loss"))
 
 
-def job_seed(job):
-    return job.override_map().get("seed", job.metrics.get("seed", "default"))
+def job_seed(job) -> str:
+    """The seed that pairs a job with other arms' jobs: ``seed=0`` typed (a string) and the
+    default seed recorded in ``metrics.json`` (an int) are the same seed."""
+    return str(job.override_map().get("seed", job.metrics.get("seed", "default")))
 
 
 def job_flags(jobs: list) -> dict[str, list[str]]:
