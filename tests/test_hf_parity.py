@@ -97,6 +97,14 @@ def test_lmlab_presets_export_and_load_in_transformers(overrides, tmp_path):
     torch.testing.assert_close(_hf_logits(hf, idx), _lm_logits(model, idx), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("overrides", [["model=llama"], ["model=tiny"]])
+def test_an_export_stops_generating_at_end_of_text(overrides, tmp_path):
+    """transformers' generate() stops where lmlab's sampling does: at GPT-2's <|endoftext|>."""
+    export_hf(Transformer(model_cfg(overrides + TINY)), tmp_path)  # the full 50,257-token vocabulary
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert hf.generation_config.eos_token_id == hf.config.eos_token_id == 50256
+
+
 @pytest.mark.parametrize("overrides, layout, named", [
     (["model=llama", "model/position=alibi"], "llama", "position ALiBi"),
     (["model=tiny", "model.attention.window=4"], "gpt2", "attention.window=4"),

@@ -19,6 +19,15 @@ def component_kinds(model: Transformer) -> dict[str, str]:
     }
 
 
+def end_of_text_id(model: Transformer) -> int | None:
+    """The token Hugging Face's ``generate()`` stops at: ``<|endoftext|>`` of GPT-2's BPE (the
+    default ``data.tokenizer``, where lmlab's sampling stops too), if the vocabulary holds it."""
+    from lmlab.data.tokenizer import get_tokenizer
+
+    eot = get_tokenizer("gpt2").eot_token
+    return eot if model.cfg["vocab_size"] > eot else None
+
+
 def guess_layout(model: Transformer) -> str:
     k = component_kinds(model)
     if k["position"] == "RoPE" or k["ffn"] == "SwiGLU" or k["norm"] == "RMSNorm":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from lmlab.interop.exportable import bias_or_zeros, check_exportable
+from lmlab.interop.exportable import bias_or_zeros, check_exportable, end_of_text_id
 from lmlab.model.ffn import DenseFFN
 from lmlab.model.norm import LayerNorm
 from lmlab.model.position import Learned
@@ -66,7 +66,7 @@ def gpt2_out(model: Transformer) -> tuple[dict, dict]:
         "n_head": c["n_heads"], "n_inner": model.blocks[0].ffn.fc.out_features,
         "activation_function": act, "layer_norm_epsilon": model.norm.eps,
         "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": tied,
-        "bos_token_id": c["vocab_size"] - 1, "eos_token_id": c["vocab_size"] - 1,
+        "bos_token_id": end_of_text_id(model), "eos_token_id": end_of_text_id(model),
     }
     sd = {"transformer.wte.weight": model.tok_emb.weight, "transformer.wpe.weight": model.position.table.weight,
           "transformer.ln_f.weight": model.norm.weight, "transformer.ln_f.bias": bias_or_zeros(model.norm, d)}

@@ -3,7 +3,7 @@ rotate-half layout, as lmlab does, so its q and k weights map one to one."""
 
 from __future__ import annotations
 
-from lmlab.interop.exportable import bias_or_zeros, check_exportable
+from lmlab.interop.exportable import bias_or_zeros, check_exportable, end_of_text_id
 from lmlab.model.ffn import SwiGLU
 from lmlab.model.norm import RMSNorm
 from lmlab.model.position import RoPE
@@ -81,7 +81,7 @@ def llama_out(model: Transformer) -> tuple[dict, dict]:
         "rope_scaling": None if rope["rope_type"] == "default" else rope,
         "attention_bias": attn_bias, "mlp_bias": f.gate.bias is not None,
         "tie_word_embeddings": tied, "attention_dropout": 0.0,
-        "bos_token_id": None, "eos_token_id": None,
+        "bos_token_id": None, "eos_token_id": end_of_text_id(model),
     }
     sd = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight}
     if not tied:
