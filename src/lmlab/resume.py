@@ -1,8 +1,10 @@
 """What exact resumption needs beyond Lightning's own checkpoint: random-number generator state,
-and checkpoint files replaced atomically on any local file system."""
+checkpoint files replaced atomically on any local file system, and the metric history of a run
+resumed in its own directory."""
 
 from __future__ import annotations
 
+import csv
 import os
 import random
 import signal
@@ -104,3 +106,43 @@ def os_error(err: BaseException | None) -> OSError | None:
     while err is not None and not isinstance(err, OSError):
         err = err.__cause__ or err.__context__
     return err
+
+
+class CsvHistory(L.Callback):
+    """A run resumed in its own directory keeps its whole ``csv/metrics.csv``.
+
+    - The CSV rows logged so far are written out at each step's start and with each checkpoint
+      (Lightning writes them every 100 steps), so a run killed after a checkpoint has lost no row
+      from before it, except, under SLURM pre-emption, the loss of the step at whose end the
+      checkpoint was taken (Lightning logs it after that step's callbacks).
+    - Lightning's CSV writer deletes the file when it starts (before any callback's ``setup``),
+      so the file is read when the trainer is made, and the rows logged before the checkpoint's
+      step are written back as soon as training starts (rows from past the checkpoint, which the
+      resumed run logs again, are dropped). A run started afresh starts the file afresh.
+    """
+
+    def __init__(self, loggers: list):
+        from lightning.pytorch.loggers import CSVLogger
+
+        self.csv_loggers = [lg for lg in loggers if isinstance(lg, CSVLogger)]
+        self.rows = {}  # CSV logger -> the rows its file held
+        for lg in self.csv_loggers:
+            path = Path(lg.log_dir) / "metrics.csv"
+            if path.is_file():
+                with path.open(newline="") as f:
+                    self.rows[lg] = list(csv.DictReader(f))
+
+    def flush(self, *args) -> None:
+        for lg in self.csv_loggers:
+            lg.save()  # rank 0's; a no-op elsewhere and when nothing new was logged
+
+    on_train_batch_start = on_save_checkpoint = flush
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for lg, rows in self.rows.items():
+            kept = [{k: v for k, v in r.items() if v != ""} for r in rows
+                    if r.get("step") and int(float(r["step"])) < trainer.global_step]
+            if kept and trainer.is_global_zero:
+                lg.experiment.metrics[:0] = kept  # before anything this run has logged
+                lg.experiment.save()
+        self.rows = {}

@@ -19,7 +19,7 @@ from lmlab.errors import Diverged, UserError
 from lmlab.evaluation import score, summary
 from lmlab.hardware import peak_memory_bytes, peak_memory_kind, reset_peak_memory
 from lmlab.loggers import WandbRuns, make_loggers
-from lmlab.resume import AtomicCheckpointIO, RNGState, StepBoundarySignals, requeued_checkpoint
+from lmlab.resume import AtomicCheckpointIO, CsvHistory, RNGState, StepBoundarySignals, requeued_checkpoint
 from lmlab.run_limits import stopped_by, sweep_time_limit, tokens_per_step
 from lmlab.run_record import hydra_job, start_record, write_record
 from lmlab.sampling import sample_text
@@ -98,7 +98,7 @@ def make_trainer(cfg: DictConfig, loggers: list, extra_callbacks: tuple | list =
     bar), checkpoints written atomically; ``overrides`` replace ``cfg.trainer`` keys."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     meter = ThroughputMeter()
-    callbacks += [DivergenceGuard(), meter, RNGState(), StepBoundarySignals(),
+    callbacks += [DivergenceGuard(), meter, RNGState(), StepBoundarySignals(), CsvHistory(loggers),
                   *progress_bars(cfg.trainer.get("enable_progress_bar", True) is not False),
                   *extra_callbacks]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
