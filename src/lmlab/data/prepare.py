@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lmlab.data.manifest import MANIFEST, SPLITS, read_manifest, write_manifest
+from lmlab.data.out_dir import check_source_outside
 from lmlab.data.shards import ShardWriter, token_dtype
 from lmlab.data.sources import Source, open_source
 from lmlab.data.tokenizer import get_tokenizer
@@ -106,6 +107,7 @@ def prepare(source: str, out_dir: str, column: str = "text", tokenizer: str = "g
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"OUT_DIR: {out_dir} is a file, not a directory")
+    check_source_outside(source, out, out_dir)
     if (out / MANIFEST).exists() and not overwrite:
         try:
             read_manifest(out)
