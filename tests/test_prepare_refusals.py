@@ -54,3 +54,62 @@ def test_a_source_that_is_or_holds_out_dir_or_lies_in_a_split_is_refused(tmp_pat
         prepare(source, out, val_fraction=0.3)
     assert tree(tmp_path) == before
 
+
+def leftover(out, *foreign):
+    """A killed preparation's shards in ``out`` (no manifest), and ``foreign`` entries beside
+    them: ``name`` a file, ``name/`` a directory."""
+    for name in ("train/shard-00000-0000.bin", "train/.shard-00000-0001.bin.tmp",
+                 "val/shard-00000-0000.bin", *foreign):
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if name.endswith("/") else path.write_bytes(b"\1\0" * 8)
+
+
+@pytest.mark.parametrize("foreign, named", [
+    ("train/notes.txt", "train/notes.txt"),
+    ("val/sub/", "val/sub"),
+    ("val/shard-00000-0000.bin.bak", "val/shard-00000-0000.bin.bak"),
+    ("manifest.json", "manifest.json"),  # not JSON: lmlab did not write it
+])
+def test_a_file_that_no_preparation_writes_is_never_deleted(tmp_path, foreign, named):
+    out = tmp_path / "out"
+    leftover(out, foreign)
+    before = tree(out)
+    with pytest.raises(ValueError, match="^" + re.escape(
+            f"OUT_DIR: {out} holds {out / named}, which no preparation writes; nothing was "
+            f"deleted: choose another OUT_DIR") + "$"):
+        prepare(str(write_jsonl(tmp_path / "c.jsonl")), str(out), val_fraction=0.3)
+    assert tree(out) == before and (out / named).exists()
+
+
+def test_a_split_that_is_a_file_or_a_manifest_of_another_tool_is_refused(tmp_path):
+    source = str(write_jsonl(tmp_path / "c.jsonl"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "train").write_text("the user's")
+    with pytest.raises(ValueError, match=f"holds {tmp_path / 'a' / 'train'}, which no preparation"):
+        prepare(source, str(tmp_path / "a"), val_fraction=0.3)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps({"format": 2, "name": "other"}))
+    with pytest.raises(ValueError, match=f"holds {tmp_path / 'b' / 'manifest.json'}, which no"):
+        prepare(source, str(tmp_path / "b"), val_fraction=0.3)
+    assert (tmp_path / "a" / "train").read_text() == "the user's"
+    assert (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_what_a_preparation_wrote_is_rebuilt(tmp_path):
+    """A killed preparation's shards, a complete one with --overwrite, and format 1's litdata
+    chunks beside its manifest are replaced by the new shards."""
+    source = str(write_jsonl(tmp_path / "c.jsonl"))
+    out = tmp_path / "out"
+    leftover(out)
+    m = prepare(source, str(out), val_fraction=0.3)
+    written = {f"{s}/{f['file']}" for s in ("train", "val") for f in m["shards"][s]}
+    assert set(tree(out)) == written | {"manifest.json"} and read_manifest(out) == m
+    assert prepare(source, str(out), val_fraction=0.3, overwrite=True)["tokens"] == m["tokens"]
+    (out / "manifest.json").write_text(json.dumps({"format": 1, "tokenizer": "gpt2",
+                                                   "lmlab_version": "0.1.0"}))
+    for split in ("train", "val"):
+        (out / split / "index.json").write_text("{}")
+        (out / split / "chunk-0-0.bin").write_bytes(b"\0\0")
+    assert prepare(source, str(out), val_fraction=0.3)["tokens"] == m["tokens"]
+    assert set(tree(out)) == written | {"manifest.json"}

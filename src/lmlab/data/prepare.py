@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import shutil
 import sys
 import time
 import zlib
@@ -23,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lmlab.data.manifest import MANIFEST, SPLITS, read_manifest, write_manifest
-from lmlab.data.out_dir import check_source_outside
+from lmlab.data.out_dir import check_only_ours, check_source_outside, clear
 from lmlab.data.shards import ShardWriter, token_dtype
 from lmlab.data.sources import Source, open_source
 from lmlab.data.tokenizer import get_tokenizer
@@ -108,6 +107,7 @@ def prepare(source: str, out_dir: str, column: str = "text", tokenizer: str = "g
     if out.exists() and not out.is_dir():
         raise ValueError(f"OUT_DIR: {out_dir} is a file, not a directory")
     check_source_outside(source, out, out_dir)
+    check_only_ours(out, out_dir)  # a manifest or split directory of the user's is refused
     if (out / MANIFEST).exists() and not overwrite:
         try:
             read_manifest(out)
@@ -117,9 +117,7 @@ def prepare(source: str, out_dir: str, column: str = "text", tokenizer: str = "g
             raise ValueError(f"OUT_DIR: {out_dir} already holds a prepared corpus; pass "
                              f"--overwrite to rebuild it")
     src = open_source(source, column, split)
-    (out / MANIFEST).unlink(missing_ok=True)  # from here on, the directory is not trusted
-    for s in SPLITS:
-        shutil.rmtree(out / s, ignore_errors=True)
+    clear(out, out_dir)  # a previous preparation's files only; anything else is refused
     out.mkdir(parents=True, exist_ok=True)
     units = src.units(workers)
     if not units:
