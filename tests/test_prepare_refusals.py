@@ -113,3 +113,28 @@ def test_what_a_preparation_wrote_is_rebuilt(tmp_path):
         (out / split / "chunk-0-0.bin").write_bytes(b"\0\0")
     assert prepare(source, str(out), val_fraction=0.3)["tokens"] == m["tokens"]
     assert set(tree(out)) == written | {"manifest.json"}
+
+
+def test_a_directory_of_several_kinds_of_file_is_refused(tmp_path):
+    """One JSONL file and 20 text files: it was prepared as the JSONL alone, silently."""
+    source = tmp_path / "mixed"
+    write_jsonl(source / "a.jsonl", DOCS[:10])
+    for i in range(20):
+        (source / "books" / f"{i:02d}.txt").parent.mkdir(exist_ok=True)
+        (source / "books" / f"{i:02d}.txt").write_text(DOCS[i])
+    with pytest.raises(ValueError, match="^" + re.escape(
+            f"source '{source}': mixes JSON ({source / 'a.jsonl'}) and text "
+            f"({source / 'books' / '00.txt'}) files; only one kind would be read: give a directory "
+            "of one kind") + "$"):
+        prepare(str(source), str(tmp_path / "out"), val_fraction=0.3)
+    assert not (tmp_path / "out").exists()
+    (source / "a.jsonl").unlink()
+    (source / "README.md").write_text("About these books.")  # a README is one of the documents
+    m = prepare(str(source), str(tmp_path / "out"), val_fraction=0.3)
+    assert m["kind"] == "text" and sum(m["tokens"].values()) > 0
+    write_jsonl(source / "b.jsonl", DOCS)
+    for f in (source / "books").iterdir():
+        f.unlink()
+    m = prepare(str(source), str(tmp_path / "out2"), val_fraction=0.3)  # a README beside JSONL
+    alone = prepare(str(source / "b.jsonl"), str(tmp_path / "out3"), val_fraction=0.3)
+    assert m["kind"] == "json" and m["tokens"] == alone["tokens"]  # is skipped, as before
