@@ -138,3 +138,18 @@ def test_a_directory_of_several_kinds_of_file_is_refused(tmp_path):
     m = prepare(str(source), str(tmp_path / "out2"), val_fraction=0.3)  # a README beside JSONL
     alone = prepare(str(source / "b.jsonl"), str(tmp_path / "out3"), val_fraction=0.3)
     assert m["kind"] == "json" and m["tokens"] == alone["tokens"]  # is skipped, as before
+
+
+@pytest.mark.parametrize("encoding, byte", [("utf-16", "3: b'\\x00'"), ("latin-1", "3: b'\\xe9'")])
+def test_text_that_is_not_utf8_is_refused_as_data_text_refuses_it(tmp_path, encoding, byte):
+    """UTF-16 was prepared into tokens of NUL bytes, latin-1 into U+FFFD, silently."""
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "a.txt").write_text(DOCS[0] + "Caf\u00e9.", encoding="utf-8")
+    (books / "b.txt").write_text("Caf\u00e9. " + DOCS[1], encoding=encoding)
+    for source in (books, books / "b.txt"):
+        with pytest.raises(ValueError, match="^" + re.escape(
+                f"source '{source}': {books / 'b.txt'} is not UTF-8 text (byte {byte}); give a "
+                "text file") + "$"):
+            prepare(str(source), str(tmp_path / "out"), val_fraction=0.3)
+    assert not (tmp_path / "out").exists()

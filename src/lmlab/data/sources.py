@@ -3,7 +3,8 @@
 A source is split into *units* (a file, a row range of a saved dataset, a shard of a hub dataset)
 that worker processes read independently; each unit is streamed in batches, so memory stays bounded
 whatever the corpus size. JSONL, Parquet, saved and hub datasets are read with Hugging Face
-``datasets``; plain text files are one document each.
+``datasets``; plain text files are one document each, and must be UTF-8 (a file with a NUL byte
+or invalid UTF-8 in its first 64 KiB is refused, as ``data=text`` refuses it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from lmlab.data.corpus import check_utf8
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
@@ -161,6 +164,9 @@ def open_source(location: str, column: str = "text", split: str = "train") -> So
     if src.kind in ("text", "json", "parquet") and split != "train":
         raise ValueError(f"--split: {split!r} chooses a split of a save_to_disk directory or a hub "
                          f"dataset; {location} is {src.kind} files, read whole")
+    if src.kind == "text":
+        for f in _files(path, "text"):
+            check_utf8(f, f"source {location!r}")  # as data=text does: not read as U+FFFD or NULs
     columns = src.columns()
     if src.kind != "text" and column not in columns:
         raise ValueError(f"--column: {column!r} is not a column of {location}; "
