@@ -153,3 +153,30 @@ def test_text_that_is_not_utf8_is_refused_as_data_text_refuses_it(tmp_path, enco
                 "text file") + "$"):
             prepare(str(source), str(tmp_path / "out"), val_fraction=0.3)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lone_text_file_is_refused_as_one_document_before_any_work(tmp_path, capsys):
+    """It said 'empty corpus (no text in column 'text')' when its one document went to val, and
+    'raise --val-fraction' when it went to train."""
+    single = tmp_path / "single.txt"
+    single.write_text(" ".join(DOCS))
+    message = (f"source '{single}': one text file is one document, which cannot be split into "
+               "train and val (documents are held out whole); give more documents: a directory "
+               "of text files, or JSONL with one per line")
+    assert prepare_main([str(single), str(tmp_path / "out"), "--val-fraction", "0.5"]) == 2
+    assert capsys.readouterr().err == f"lmlab: error: {message}\n"
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        prepare(str(single), str(tmp_path / "out"))  # the default --val-fraction
+    (tmp_path / "books").mkdir()
+    single.rename(tmp_path / "books" / "single.txt")
+    with pytest.raises(ValueError, match="^source '.*books': one text file is one document"):
+        prepare(str(tmp_path / "books"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_documents_that_all_fall_in_val_are_not_called_an_empty_corpus(tmp_path):
+    source = write_jsonl(tmp_path / "c.jsonl", ["alpha beta", "gamma delta", "epsilon zeta"])
+    with pytest.raises(ValueError, match=re.escape(
+            f"--val-fraction: every document of '{source}' fell in the held-out 0.9999; lower "
+            "--val-fraction or give more documents")):
+        prepare(str(source), str(tmp_path / "out"), val_fraction=0.9999)
