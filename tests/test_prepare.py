@@ -75,9 +75,10 @@ def test_all_sources_give_the_same_split(prepared):
 def test_text_files_are_read_in_pieces_with_the_same_tokens(docs, tmp_path):
     enc = get_tokenizer("gpt2")
     texts = ["\n\n".join(docs[i::6]) for i in range(6)]
+    (tmp_path / "texts").mkdir()
     for i, t in enumerate(texts):
-        (tmp_path / f"{i}.txt").write_text(t)  # each ~100 KB: several 64 KB pieces
-    m = prepare(str(tmp_path), str(tmp_path / "out"), val_fraction=0.4)
+        (tmp_path / "texts" / f"{i}.txt").write_text(t)  # each ~100 KB: several 64 KB pieces
+    m = prepare(str(tmp_path / "texts"), str(tmp_path / "out"), val_fraction=0.4)
     counts = [len(enc.encode_ordinary(t)) + 1 for t in texts]
     assert sum(m["tokens"].values()) == sum(counts)
     held_out = {sum(c for i, c in enumerate(counts) if k >> i & 1) for k in range(64)}

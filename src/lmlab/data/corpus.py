@@ -52,14 +52,20 @@ def check_text_files(paths: list[str]) -> None:
         path = Path(p).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"data.path: no such file: {p}")
-        with path.open("rb") as f:
-            head = f.read(1 << 16)
-        if not head:
+        if path.stat().st_size == 0:
             raise ValueError(f"data.path: {p} is empty; give a UTF-8 text file")
-        bad = not_text_at(head, whole=len(head) < 1 << 16)
-        if bad is not None:
-            raise ValueError(f"data.path: {p} is not UTF-8 text (byte {bad}: {head[bad:bad + 1]!r}); "
-                             f"give a text file")
+        check_utf8(p, "data.path")
+
+
+def check_utf8(path: str, key: str) -> None:
+    """Refuse, in one line that starts with ``key``, a binary or non-UTF-8 file (UTF-16,
+    latin-1...): a NUL byte or invalid UTF-8 in its first 64 KiB."""
+    with Path(path).expanduser().open("rb") as f:
+        head = f.read(1 << 16)
+    bad = not_text_at(head, whole=len(head) < 1 << 16)
+    if bad is not None:
+        raise ValueError(f"{key}: {path} is not UTF-8 text (byte {bad}: {head[bad:bad + 1]!r}); "
+                         f"give a text file")
 
 
 def not_text_at(data: bytes, whole: bool) -> int | None:

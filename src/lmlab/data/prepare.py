@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import shutil
 import sys
 import time
 import zlib
@@ -23,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lmlab.data.manifest import MANIFEST, SPLITS, read_manifest, write_manifest
+from lmlab.data.out_dir import check_only_ours, check_source_outside, clear
 from lmlab.data.shards import ShardWriter, token_dtype
 from lmlab.data.sources import Source, open_source
 from lmlab.data.tokenizer import get_tokenizer
@@ -106,6 +106,8 @@ def prepare(source: str, out_dir: str, column: str = "text", tokenizer: str = "g
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"OUT_DIR: {out_dir} is a file, not a directory")
+    check_source_outside(source, out, out_dir)
+    check_only_ours(out, out_dir)  # a manifest or split directory of the user's is refused
     if (out / MANIFEST).exists() and not overwrite:
         try:
             read_manifest(out)
@@ -115,19 +117,21 @@ def prepare(source: str, out_dir: str, column: str = "text", tokenizer: str = "g
             raise ValueError(f"OUT_DIR: {out_dir} already holds a prepared corpus; pass "
                              f"--overwrite to rebuild it")
     src = open_source(source, column, split)
-    (out / MANIFEST).unlink(missing_ok=True)  # from here on, the directory is not trusted
-    for s in SPLITS:
-        shutil.rmtree(out / s, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
     units = src.units(workers)
     if not units:
         raise ValueError(f"source {source!r}: empty corpus (no documents)")
+    check_not_one_text_file(src, units, source)
+    clear(out, out_dir)  # a previous preparation's files only; anything else is refused
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     job = TokenizeUnit(src, out, val_fraction, tokenizer, int(shard_mb * 2**20) // dtype.itemsize)
     shards = {s: [] for s in SPLITS}
     for s, name, n in run_units(job, units, min(workers, len(units))):
         shards[s].append({"file": name, "tokens": n})
     tokens = {s: sum(f["tokens"] for f in shards[s]) for s in SPLITS}
+    if tokens["train"] == 0 and tokens["val"] > 0:
+        raise ValueError(f"--val-fraction: every document of {source!r} fell in the held-out "
+                         f"{val_fraction}; lower --val-fraction or give more documents")
     if tokens["train"] == 0:
         raise ValueError(f"source {source!r}: empty corpus (no text in column {column!r})")
     if tokens["val"] == 0:
@@ -140,6 +144,15 @@ def prepare(source: str, out_dir: str, column: str = "text", tokenizer: str = "g
                 "val_fraction": val_fraction, "tokens": tokens, "shards": shards,
                 "seconds": round(time.perf_counter() - t0, 2), "lmlab_version": __version__}
     return write_manifest(out, manifest)
+
+
+def check_not_one_text_file(src: Source, units: list[tuple], source: str) -> None:
+    """Refuse a lone non-empty text file before any work: it is one document, and documents are
+    held out whole, so it cannot be split into train and val."""
+    if src.kind == "text" and len(units) == 1 and Path(units[0][0]).stat().st_size > 0:
+        raise ValueError(f"source {source!r}: one text file is one document, which cannot be "
+                         f"split into train and val (documents are held out whole); give more "
+                         f"documents: a directory of text files, or JSONL with one per line")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 A source is split into *units* (a file, a row range of a saved dataset, a shard of a hub dataset)
 that worker processes read independently; each unit is streamed in batches, so memory stays bounded
 whatever the corpus size. JSONL, Parquet, saved and hub datasets are read with Hugging Face
-``datasets``; plain text files are one document each.
+``datasets``; plain text files are one document each, and must be UTF-8 (a file with a NUL byte
+or invalid UTF-8 in its first 64 KiB is refused, as ``data=text`` refuses it).
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from lmlab.data.corpus import check_utf8
+
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
+FILE_KINDS = {"parquet": PARQUET_SUFFIXES, "json": JSON_SUFFIXES, "text": TEXT_SUFFIXES}
+KIND_NAMES = {"parquet": "Parquet", "json": "JSON", "text": "text"}
 BATCH_ROWS = 256  # documents read at a time
 KINDS = "text files, JSONL, Parquet, a `datasets` save_to_disk directory, a hub dataset name"
 
@@ -120,10 +125,28 @@ def _stream_files(kind: str, files: list[str]):
 
 
 def _files(path: Path, kind: str) -> list[str]:
-    suffixes = {"text": TEXT_SUFFIXES, "json": JSON_SUFFIXES, "parquet": PARQUET_SUFFIXES}[kind]
+    suffixes = FILE_KINDS[kind]
     if path.is_file():
         return [str(path)]
     return sorted(str(p) for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes))
+
+
+def _kind_of_files(location: str, path: Path) -> str:
+    """The kind of the file ``path``, or of the files in the directory ``path``; refuse several
+    kinds, as all but one would be skipped (README files aside: a JSON or Parquet source skips them)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    found = {}  # kind -> its first file
+    for f in [f for f in files if not f.name.upper().startswith("README.")] or files:
+        kind = next((k for k, suffixes in FILE_KINDS.items() if f.name.endswith(suffixes)), None)
+        if kind is not None:
+            found.setdefault(kind, f)
+    if not found:
+        raise ValueError(f"source {location!r}: no readable files; valid choices: {KINDS}")
+    if len(found) > 1:
+        kinds = " and ".join(f"{KIND_NAMES[k]} ({f})" for k, f in found.items())
+        raise ValueError(f"source {location!r}: mixes {kinds} files; only one kind would be read: "
+                         f"give a directory of one kind")
+    return next(iter(found))
 
 
 def open_source(location: str, column: str = "text", split: str = "train") -> Source:
@@ -132,13 +155,7 @@ def open_source(location: str, column: str = "text", split: str = "train") -> So
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         src = Source("saved", str(path), column, split)
     elif path.exists():
-        names = [path.name] if path.is_file() else [p.name for p in path.rglob("*") if p.is_file()]
-        kind = next((k for k, suf in (("parquet", PARQUET_SUFFIXES), ("json", JSON_SUFFIXES),
-                                      ("text", TEXT_SUFFIXES)) if any(n.endswith(suf) for n in names)),
-                    None)
-        if kind is None:
-            raise ValueError(f"source {location!r}: no readable files; valid choices: {KINDS}")
-        src = Source(kind, str(path), column, split)
+        src = Source(_kind_of_files(location, path), str(path), column, split)
     elif re.fullmatch(r"[\w.-]+(/[\w.-]+)?", location) and not location.endswith(
             TEXT_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES):
         src = Source("hub", location, column, split)  # a hub name; needs the network
@@ -147,6 +164,9 @@ def open_source(location: str, column: str = "text", split: str = "train") -> So
     if src.kind in ("text", "json", "parquet") and split != "train":
         raise ValueError(f"--split: {split!r} chooses a split of a save_to_disk directory or a hub "
                          f"dataset; {location} is {src.kind} files, read whole")
+    if src.kind == "text":
+        for f in _files(path, "text"):
+            check_utf8(f, f"source {location!r}")  # as data=text does: not read as U+FFFD or NULs
     columns = src.columns()
     if src.kind != "text" and column not in columns:
         raise ValueError(f"--column: {column!r} is not a column of {location}; "
