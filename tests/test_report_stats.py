@@ -35,7 +35,8 @@ def write_job(sweep, num, overrides, final, steps=100, tokens=None, **extra):
                "flops_per_token": 6000, "final_val_loss": final, "best_val_loss": final - 0.01,
                "val_loss": final - 0.01, "stopped_by": "max_steps", **extra}
     (job / "metrics.json").write_text(json.dumps(metrics))
-    rows = [f"{s},{final + 1.0 - s / steps:.4f}" for s in range(steps // 4, steps + 1, steps // 4)]
+    # as Lightning logs them: the validation after step s at step s - 1
+    rows = [f"{s - 1},{final + 1.0 - s / steps:.4f}" for s in range(steps // 4, steps + 1, steps // 4)]
     (job / "csv" / "metrics.csv").write_text("step,val/loss\n" + "\n".join(rows) + "\n")
 
 

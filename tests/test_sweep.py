@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from lmlab.report import make_report
+from lmlab.sweep_jobs import read_curve
 from tests.conftest import ROOT, compose_cfg
 
 SMALL = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.context_length=16",
@@ -104,9 +105,13 @@ def test_multirun_grid_and_report(tmp_path, cache_dir):
         assert row["params"] == f"{m['params']:,}" == row["active params"]
         assert row["tokens/s"] == f"{m['tokens_per_s']:,.0f}" and row["MFU"] == f"{m['mfu']:.1%}"
         assert row["train time (s)"] == f"{m['train_time_s']:,.0f}"
-        # the CSV log: validations during training, then the best checkpoint's final validation
-        assert m["final_val_loss"] == pytest.approx(curve[-2][1], abs=1e-6)
-        assert m["val_loss"] == pytest.approx(curve[-1][1], abs=1e-6)
+        # the CSV log: the validations during training (the best checkpoint's is not logged again)
+        assert m["final_val_loss"] == pytest.approx(curve[-1][1], abs=1e-6)
+        assert m["val_loss"] == pytest.approx(min(v for _, v in curve), abs=1e-6)
+        # the report's curve puts each validation after its step, where its checkpoint is
+        best_step = int(Path(m["checkpoint"]).stem.removeprefix("best-step"))
+        assert dict(read_curve(job))[best_step] == pytest.approx(m["val_loss"], abs=1e-6)
+        assert [s for s, _ in read_curve(job)] == [2, 4]  # val_check_interval=2, max_steps=4
         assert float(row["final val loss"]) == pytest.approx(m["final_val_loss"], abs=1e-4)
         assert float(row["best val loss"]) == pytest.approx(m["best_val_loss"], abs=1e-4)
         assert float(row["best val loss"]) == pytest.approx(min(v for _, v in curve), abs=1e-4)
@@ -135,7 +140,7 @@ def test_report_groups_seeds_and_shows_running_jobs(tmp_path):
     assert rows["model/position=rope"]["best val loss"] == "5.5000 ± 0.7071"
     assert rows["model/position=rope"]["seeds"] == "0,1"
     assert rows["model/position=alibi"]["status"] == "1 running"
-    assert "## Running jobs" in report and "step 3, val loss 4.0000" in report
+    assert "## Running jobs" in report and "step 4, val loss 4.0000" in report  # logged at 3
 
 
 def test_report_labels_arms_of_a_sweep_that_has_just_started(tmp_path):

@@ -35,7 +35,10 @@ def job_order(p: Path):
 
 
 def read_curve(job_dir: Path, metric: str = "val/loss") -> list[tuple[int, float]]:
-    """``metric`` per step as logged in training, by the CSV logger (empty without its file)."""
+    """``metric`` per optimizer step as logged in training, by the CSV logger (empty without its
+    file). Lightning logs a validation with the step count from before the step it follows (the
+    validation after 3 steps at step 2): the curve puts it after its step, where its checkpoint
+    (``best-step3.ckpt``) is."""
     path = job_dir / "csv" / "metrics.csv"
     if not path.is_file():
         return []
@@ -44,7 +47,7 @@ def read_curve(job_dir: Path, metric: str = "val/loss") -> list[tuple[int, float
         for row in csv.DictReader(f):
             v, step = row.get(metric), row.get("step")
             if v and step:
-                curve.setdefault(int(float(step)), float(v))  # the first: training-time validation
+                curve.setdefault(int(float(step)) + 1, float(v))
     return sorted(curve.items())
 
 

@@ -167,10 +167,16 @@ def is_sharded(trainer: L.Trainer) -> bool:
 
 
 def validate_best(trainer: L.Trainer, module, datamodule) -> dict:
-    """Validation loss of the best checkpoint (the module is left holding its weights)."""
+    """Validation loss of the best checkpoint (the module is left holding its weights). It is not
+    logged: the loggers' val/loss is the curve of the validations during training, and a point
+    after its end would be an earlier checkpoint's loss again."""
     ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-    val = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
-                         weights_only=True)[0]["val/loss"]
+    loggers, trainer.loggers = trainer.loggers, []
+    try:
+        val = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
+                               weights_only=True)[0]["val/loss"]
+    finally:
+        trainer.loggers = loggers
     if not math.isfinite(val):
         raise Diverged(f"non-finite validation loss ({val}) of the best checkpoint {ckpt}")
     best = getattr(trainer.checkpoint_callback, "best_model_score", None)
