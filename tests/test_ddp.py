@@ -14,11 +14,13 @@ STEPS = ["trainer.log_every_n_steps=1", "sample.max_new_tokens=0"]
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     """2 ranks x 2 windows = 1 process x 4 windows, window for window (see window_stream), so the
-    losses agree up to float summation order: DDP averages two half-batch gradients."""
+    losses agree up to float summation order: DDP averages two half-batch gradients. 5 validation
+    windows: the ranks score 3 and 2 (Lightning's sampler repeated one to give each rank 3)."""
     cache = tmp_path / "cache"
-    run("train.py", *FAST, *STEPS, "data.batch_size=4", f"hydra.run.dir={tmp_path / 'one'}",
-        f"paths.cache_dir={cache}")
-    proc = run("train.py", *FAST, *STEPS, *DDP, "data.batch_size=2", f"hydra.run.dir={tmp_path / 'two'}",
+    run("train.py", *FAST, *STEPS, "data.batch_size=4", "data.val_windows=5",
+        f"hydra.run.dir={tmp_path / 'one'}", f"paths.cache_dir={cache}")
+    proc = run("train.py", *FAST, *STEPS, *DDP, "data.batch_size=2", "data.val_windows=5",
+               f"hydra.run.dir={tmp_path / 'two'}",
                f"paths.cache_dir={cache}", "logger=many", timeout=400)  # CSV and W&B (offline)
     assert len(list((tmp_path / "two" / "wandb").glob("offline-run-*"))) == 1  # rank 0's W&B run
     assert "sync_dist" not in proc.stderr  # held-out losses are synced by torchmetrics, and logged so
@@ -29,6 +31,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert logged(tmp_path / "two", "val/loss") == pytest.approx(logged(tmp_path / "one", "val/loss"),
                                                                  rel=1e-5)
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    alone = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert metrics["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-5)  # every test window once
     assert metrics["world_size"] == 2 and metrics["steps"] == 6
     a, b = metrics["param_checksums"]
     assert a == b  # the replicas stayed identical

@@ -202,13 +202,26 @@ class TokenDataModule(L.LightningDataModule):
         self._batches_done = int(state.get("train_batches", 0))
 
     def val_dataloader(self) -> DataLoader:
-        ds = FixedWindows(self.val_tokens, self.context_length, self.val_windows)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return self.held_out_loader(FixedWindows(self.val_tokens, self.context_length, self.val_windows))
+
+    def held_out_loader(self, ds) -> DataLoader:
+        """Validation or test windows. Under DDP each rank scores its own share, unpadded
+        (Lightning's DistributedSampler repeats windows until every rank has as many: 5 windows
+        on 2 ranks counted one twice and moved the mean), and the module's weighted mean joins
+        the shares exactly. FSDP keeps Lightning's sampler: its ranks must step together."""
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        trainer, sampler = self.trainer, None
+        if trainer is not None and trainer.world_size > 1 and not isinstance(trainer.strategy, FSDPStrategy):
+            sampler = UnrepeatedDistributedSampler(ds, num_replicas=trainer.world_size,
+                                                   rank=trainer.global_rank, shuffle=False)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, sampler=sampler,
+                          num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
         """The test split's windows (all of them unless ``test_windows``): the figures arms are
         compared on, scored once per run, so as precise as the split allows."""
         if self.test_tokens is None:
             raise ValueError("data.test_docs: no test split configured")
-        ds = FixedWindows(self.test_tokens, self.context_length, self.test_windows)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return self.held_out_loader(FixedWindows(self.test_tokens, self.context_length, self.test_windows))

@@ -142,5 +142,4 @@ class ShardDataModule(TokenDataModule):
         return self.windows[split].tokens()
 
     def val_dataloader(self) -> DataLoader:
-        ds = SpacedWindows(self.windows["val"], self.val_windows)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return self.held_out_loader(SpacedWindows(self.windows["val"], self.val_windows))
