@@ -72,6 +72,8 @@ def test_a_bad_command_line_is_refused_without_loading_lightning(script, argv, t
 @pytest.mark.parametrize("override, message", [
     ("split=dev", "split: unknown 'dev'; valid choices: auto, train, val, test, all"),
     ("data.val_windows=0", "data.val_windows=0: must be an integer >= 1 or null"),
+    ("data.test_windows=64", "data.test_windows=64: evaluate.py scores data.val_windows windows of "
+                             "the split it scores; pass data.val_windows=64"),  # it was ignored
     ("extrapolate=[1,0]", "extrapolate=[1, 0]: must be a list of multiples of the trained context "
                           "(16 tokens), each a window of at least one token, e.g. [1,2,4,8]"),
 ])

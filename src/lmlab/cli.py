@@ -122,6 +122,10 @@ def _evaluate(cfg: DictConfig) -> float:
     try:
         check_split(cfg.split)
         check_value("data.val_windows", cfg.data.val_windows, 1, True, True)
+        if cfg.data.get("test_windows") is not None:  # train.py's key for its test_loss
+            raise UserError(f"data.test_windows={cfg.data.test_windows}: evaluate.py scores "
+                            f"data.val_windows windows of the split it scores; pass "
+                            f"data.val_windows={cfg.data.test_windows}")
         model = load_model(cfg.ckpt_path, "cpu")
         check_factors(cfg.extrapolate, model.context_length)
         from lmlab.training import build_datamodule  # Lightning: only once the command line is good
