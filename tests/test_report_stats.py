@@ -223,3 +223,17 @@ def test_a_job_run_with_the_default_seed_pairs_with_the_same_seed_typed(sweep):
     overrides = sweep / "0" / ".hydra" / "overrides.yaml"  # learned, seed 0
     overrides.write_text(yaml.safe_dump(["model/position=learned"]))
     assert rows() == typed
+
+
+def test_a_job_resumed_in_place_stays_in_its_arm(sweep):
+    """A job rerun in its own directory from its checkpoint (`ckpt_path=... module.extend=true`
+    added to its overrides) is the same arm, not an arm of its own."""
+    def rows():
+        arms, _, _ = group_arms(load_jobs(sweep), {"model/position", "seed"})
+        return {a.label: sorted(j.num for j in a.jobs) for a in arms}
+
+    before = rows()
+    overrides = sweep / "4" / ".hydra" / "overrides.yaml"  # rope, seed 1
+    resumed = yaml.safe_load(overrides.read_text()) + ["ckpt_path=/runs/4/last.ckpt", "module.extend=true"]
+    overrides.write_text(yaml.safe_dump(resumed))
+    assert rows() == before and len(before) == 4

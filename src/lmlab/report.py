@@ -26,6 +26,7 @@ from lmlab.run_record import RECORD_FILE, override_key, swept_keys
 from lmlab.sweep_jobs import Job, load_jobs
 
 SEED_KEYS = ("seed",)
+RUN_KEYS = ("ckpt_path", "module.extend")  # how a job ran (resumed in place), not what it is
 
 
 @dataclass
@@ -47,8 +48,8 @@ def group_arms(jobs: list[Job], swept: set[str] = frozenset()) -> tuple[list[Arm
     """(arms, varied keys, overrides common to all jobs). ``swept``: keys the sweep varies."""
     differing = varied_keys(jobs)
     present = {k for j in jobs for k in j.override_map()}
-    varied = [k for j in jobs for k in j.override_map() if k in present and
-              (k in differing or k in swept)]
+    varied = [k for j in jobs for k in j.override_map() if k in present and k not in RUN_KEYS
+              and (k in differing or k in swept)]
     varied = list(dict.fromkeys(varied))
     arms: dict[str, Arm] = {}
     for j in jobs:
