@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from lmlab.sweep_jobs import read_curve
 from tests.conftest import ROOT
 
 FAST = [
@@ -75,11 +76,15 @@ def test_resume_continues_from_the_checkpoint(trained, tmp_path):
     run_dir, _ = trained
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     before = ckpt.read_bytes()
-    run("train.py", *FAST, "trainer.max_steps=9", "module.extend=true", f"ckpt_path={ckpt}",
+    run("train.py", *FAST, "trainer.max_steps=8", "module.extend=true", f"ckpt_path={ckpt}",
         f"hydra.run.dir={tmp_path / 'r'}",
         f"paths.cache_dir={run_dir.parent / 'cache'}")
     state = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
-    assert state["global_step"] == 9
+    # 8 is not a multiple of val_check_interval=3: the last step is validated and saved all the same
+    assert state["global_step"] == 8
+    (step, loss), = read_curve(tmp_path / "r")
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert step == 8 and metrics["final_val_loss"] == pytest.approx(loss, abs=1e-6)
     assert ckpt.read_bytes() == before  # the resumed run wrote its own files, not over ours
 
 

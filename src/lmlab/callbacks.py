@@ -48,6 +48,17 @@ class DivergenceGuard(L.Callback):
                            f"{trainer.global_step}{last_saved(trainer)}")
 
 
+class ValidateLastStep(L.Callback):
+    """Lightning validates (and so checkpoints) every ``val_check_interval`` steps; where
+    ``max_steps`` is not a multiple of it, the last steps were trained but neither validated nor
+    saved (``last.ckpt`` and the final figures were an earlier step's). Asking the loop to stop
+    at the last step makes it validate there."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
 def last_saved(trainer) -> str:
     """``; the last good checkpoint is <path>`` when one was saved, else an empty string."""
     path = getattr(trainer.checkpoint_callback, "last_model_path", "")

@@ -13,7 +13,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.budget import match_params
-from lmlab.callbacks import DivergenceGuard, progress_bars
+from lmlab.callbacks import DivergenceGuard, ValidateLastStep, progress_bars
 from lmlab.config import conf_dir
 from lmlab.errors import Diverged, UserError
 from lmlab.evaluation import score, summary
@@ -98,7 +98,8 @@ def make_trainer(cfg: DictConfig, loggers: list, extra_callbacks: tuple | list =
     bar), checkpoints written atomically; ``overrides`` replace ``cfg.trainer`` keys."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     meter = ThroughputMeter()
-    callbacks += [DivergenceGuard(), meter, RNGState(), StepBoundarySignals(), CsvHistory(loggers),
+    callbacks += [DivergenceGuard(), ValidateLastStep(), meter, RNGState(), StepBoundarySignals(),
+                  CsvHistory(loggers),
                   *progress_bars(cfg.trainer.get("enable_progress_bar", True) is not False),
                   *extra_callbacks]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
