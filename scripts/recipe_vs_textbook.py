@@ -91,8 +91,8 @@ def recipe_curve(run_dir: Path, metrics: dict) -> list[tuple[float, float]]:
     logger), each at its step times the run's mean seconds per step: its validations and
     checkpoint writes spread evenly over the steps."""
     per_step = metrics["train_time_s"] / metrics["steps"]
-    # a training row's step is the global step before the one it logs
-    return [((step + 1) * per_step, loss) for step, loss in read_curve(run_dir, "train/loss")]
+    # read_curve places the loss of the k-th step at k (Lightning logs it at k - 1)
+    return [(step * per_step, loss) for step, loss in read_curve(run_dir, "train/loss")]
 
 
 def plot_curves(recipe: dict, arms: list[dict], path: Path) -> None:

@@ -36,9 +36,9 @@ def job_order(p: Path):
 
 def read_curve(job_dir: Path, metric: str = "val/loss") -> list[tuple[int, float]]:
     """``metric`` per optimizer step as logged in training, by the CSV logger (empty without its
-    file). Lightning logs a validation with the step count from before the step it follows (the
-    validation after 3 steps at step 2): the curve puts it after its step, where its checkpoint
-    (``best-step3.ckpt``) is."""
+    file). Lightning logs a row with the step count from before the step it follows (the
+    validation after 3 steps, and the third step's training loss, at step 2): the curve puts it
+    after its step, where its checkpoint (``best-step3.ckpt``) is."""
     path = job_dir / "csv" / "metrics.csv"
     if not path.is_file():
         return []
