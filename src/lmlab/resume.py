@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lmlab.errors import CheckpointSaveError
@@ -122,8 +123,6 @@ class CsvHistory(L.Callback):
     """
 
     def __init__(self, loggers: list):
-        from lightning.pytorch.loggers import CSVLogger
-
         self.csv_loggers = [lg for lg in loggers if isinstance(lg, CSVLogger)]
         self.rows = {}  # CSV logger -> the rows its file held
         for lg in self.csv_loggers:

@@ -16,6 +16,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.strategies import FSDPStrategy
 from torch.utils.data import DataLoader
 
 from lmlab.data.corpus import check_text_files, shakespeare_plays, text_files
@@ -209,9 +211,6 @@ class TokenDataModule(L.LightningDataModule):
         (Lightning's DistributedSampler repeats windows until every rank has as many: 5 windows
         on 2 ranks counted one twice and moved the mean), and the module's weighted mean joins
         the shares exactly. FSDP keeps Lightning's sampler: its ranks must step together."""
-        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-        from lightning.pytorch.strategies import FSDPStrategy
-
         trainer, sampler = self.trainer, None
         if trainer is not None and trainer.world_size > 1 and not isinstance(trainer.strategy, FSDPStrategy):
             sampler = UnrepeatedDistributedSampler(ds, num_replicas=trainer.world_size,

@@ -60,13 +60,14 @@ def gpt2_out(model: Transformer) -> tuple[dict, dict]:
     c, d = model.cfg, model.cfg["d_model"]
     act = {v: k for k, v in reversed(list(GPT2_ACTS.items()))}[model.blocks[0].ffn.act_name]
     tied = model.lm_head.weight is model.tok_emb.weight
+    eot = end_of_text_id(model)  # GPT-2's configs give it as both
     hf = {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c["vocab_size"],
         "n_positions": model.position.table.num_embeddings, "n_embd": d, "n_layer": len(model.blocks),
         "n_head": c["n_heads"], "n_inner": model.blocks[0].ffn.fc.out_features,
         "activation_function": act, "layer_norm_epsilon": model.norm.eps,
         "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": tied,
-        "bos_token_id": end_of_text_id(model), "eos_token_id": end_of_text_id(model),
+        "bos_token_id": eot, "eos_token_id": eot,
     }
     sd = {"transformer.wte.weight": model.tok_emb.weight, "transformer.wpe.weight": model.position.table.weight,
           "transformer.ln_f.weight": model.norm.weight, "transformer.ln_f.bias": bias_or_zeros(model.norm, d)}
