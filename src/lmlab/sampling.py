@@ -5,9 +5,11 @@ at its own positions), yielding every step's new tokens as they are produced; a 
 ``eos_id``, when ``is_done`` says so (stop strings), or after ``max_new_tokens``. ``sample_tokens``
 extends a (B, T) tensor; ``sample_texts`` turns prompts into text, with stop strings.
 
-When the cache is full (context_length slots), it restarts on the last half context of each
-sequence, re-encoded from position 0 - as recomputation crops its input, but keeping half a
-window instead of a full one, so that the next half window of steps are cheap decoding steps.
+When a sequence's window is full (context_length tokens), it restarts on its last half context,
+re-encoded from position 0 - as recomputation crops its input, but keeping half a window instead
+of a full one, so that the next half window of steps are cheap decoding steps. In a batch each row
+restarts when it would alone (the cache is then re-encoded from every row's window), so that a
+row's tokens do not depend on the lengths of the prompts beside it.
 """
 
 from __future__ import annotations
@@ -85,14 +87,19 @@ def stream_tokens(
     new: list[list[int]] = [[] for _ in rows]
     done = [False] * len(rows)
     cache = KVCache.for_model(model) if use_cache else None
-    feed = [r[-ctx:] for r in rows]
+    start = [max(len(r) - ctx, 0) for r in rows]  # where each row's window (in the cache) begins
+    feed = [r[s:] for r, s in zip(rows, start)]
     try:
         for _ in range(max_new_tokens):
             if not use_cache:
                 feed = [r[-ctx:] for r in rows]
-            elif len(cache) + max(len(f) for f in feed) > ctx:  # full: restart on half a window
-                cache.reset()
-                feed = [r[-max(ctx // 2, 1):] for r in rows]
+            else:  # a row whose window is full restarts on its last half window, as it would alone
+                full = [b for b, r in enumerate(rows) if not done[b] and len(r) - start[b] > ctx]
+                for b in full:
+                    start[b] = len(rows[b]) - max(ctx // 2, 1)
+                if full or len(cache) + 1 > ctx:  # re-encode every row's window (padding differs)
+                    cache.reset()
+                    feed = [rows[b][-1:] if done[b] else rows[b][start[b]:] for b in range(len(rows))]
             idx, pad = left_pad(feed, device)
             logits = model(idx, cache, pad, last_only=True).logits[:, -1]  # (B, vocab)
             ids = sample_next(logits, temperature, top_k, top_p, generator)[:, 0].tolist()
