@@ -31,10 +31,14 @@ def sample_next(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """logits (B, vocab) -> next ids (B, 1). temperature 0 is greedy."""
+    """logits (B, vocab) -> next ids (B, 1). temperature 0 is greedy; a tiny one samples among
+    the tokens tied for the highest logit (the max is subtracted first, so that no logit over a
+    tiny temperature overflows to inf, and inf - inf to nan)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    tiny = torch.finfo(logits.dtype).tiny  # a temperature below fp32's range would be 0, 0/0 nan
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / max(temperature, tiny)
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
