@@ -22,8 +22,8 @@ from lmlab.job import train as run_job
 from lmlab.overrides import check_argv, finished_run_message
 from lmlab.sampling import sample_texts
 from lmlab.sweep_check import single_run_note
-from lmlab.validate import (check_device, check_sampling, check_value, prompt_texts, stop_strings,
-                            tokenizer_size)
+from lmlab.validate import (check_device, check_sampling, check_tokenizer_fits, check_value, prompt_texts,
+                            stop_strings, tokenizer_size)
 
 CONF_DIR = conf_dir()
 
@@ -94,6 +94,7 @@ def _generate(cfg: DictConfig) -> None:
         check_device(cfg.device)
         tokenizer_size("tokenizer", cfg.tokenizer)
         model = load_model(cfg.ckpt_path, cfg.device, compile=cfg.compile)
+        check_tokenizer_fits("tokenizer", cfg.tokenizer, model.tok_emb.num_embeddings)
     except (UserError, ValueError) as err:
         exit_with(err)
     live = cfg.stream and len(prompts) * cfg.num_samples == 1

@@ -77,12 +77,14 @@ def stream_tokens(
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
     is_done: Callable[[int, list[int]], bool] | None = None,
+    vocab: int | None = None,
 ) -> Iterator[list[int | None]]:
     """Generate after each prompt (token-id lists, any lengths) in one batch; yield after every
     step each sequence's new token, or None for a sequence that had already ended. A sequence
     ends after ``eos_id`` (yielded), or once ``is_done(row, its new tokens)`` is true. With
     ``use_cache`` the prompts are encoded once and each step feeds only the newest tokens;
-    without it, every step recomputes the (cropped) whole sequences."""
+    without it, every step recomputes the (cropped) whole sequences. ``vocab``: sample only ids
+    below it (those a tokenizer can decode, where the model's vocabulary is padded past them)."""
     was_training = model.training
     model.eval()
     ctx = model.context_length
@@ -105,7 +107,7 @@ def stream_tokens(
                     cache.reset()
                     feed = [rows[b][-1:] if done[b] else rows[b][start[b]:] for b in range(len(rows))]
             idx, pad = left_pad(feed, device)
-            logits = model(idx, cache, pad, last_only=True).logits[:, -1]  # (B, vocab)
+            logits = model(idx, cache, pad, last_only=True).logits[:, -1, :vocab]  # (B, vocab)
             ids = sample_next(logits, temperature, top_k, top_p, generator)[:, 0].tolist()
             step: list[int | None] = []
             for b, t in enumerate(ids):
@@ -151,9 +153,10 @@ def sample_texts(
     stop string, which is cut from the text with all after it. ``on_text(row, piece)`` gets each
     row's text as soon as it can be printed. ``kwargs``: see stream_tokens."""
     from lmlab.data.tokenizer import get_tokenizer
-    from lmlab.validate import crop_notice
+    from lmlab.validate import check_tokenizer_fits, crop_notice
 
     enc = get_tokenizer(tokenizer_name)
+    check_tokenizer_fits("tokenizer", tokenizer_name, model.tok_emb.num_embeddings)
     device = next(model.parameters()).device
     encoded = [enc.encode(p, allowed_special="all") for p in prompts]
     for ids in encoded:
@@ -172,7 +175,8 @@ def sample_texts(
         return streams[row].stopped
 
     gen = torch.Generator(device=device).manual_seed(seed)
-    for _ in stream_tokens(model, rows, generator=gen, eos_id=eos_id, is_done=is_done, **kwargs):
+    for _ in stream_tokens(model, rows, generator=gen, eos_id=eos_id, is_done=is_done,
+                           vocab=enc.n_vocab, **kwargs):
         pass
     for row, stream in enumerate(streams):
         rest = stream.finish()
