@@ -61,6 +61,9 @@ def llama_hf(tied=False, **kw):
     pytest.param(lambda: llama_hf(), id="llama-gqa-rope"),
     pytest.param(lambda: llama_hf(tied=True, attention_bias=True, mlp_bias=True), id="llama-tied-bias"),
     pytest.param(lambda: llama_hf(rope_scaling={"rope_type": "linear", "factor": 2.0}), id="llama-linear-rope"),
+    # biases on attention or the MLP alone were refused: lmlab's model.bias, the others zero
+    pytest.param(lambda: llama_hf(attention_bias=True), id="llama-attention-bias"),
+    pytest.param(lambda: llama_hf(mlp_bias=True), id="llama-mlp-bias"),
 ])
 def test_import_then_export_keeps_the_logits(make, tmp_path):
     hf = make()
@@ -95,6 +98,22 @@ def test_lmlab_presets_export_and_load_in_transformers(overrides, tmp_path):
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     idx = _tokens()
     torch.testing.assert_close(_hf_logits(hf, idx), _lm_logits(model, idx), atol=1e-5, rtol=1e-5)
+
+
+def test_qkv_biases_alone_come_back_as_they_went(tmp_path):
+    """model.attention.qkv_bias=true without model.bias (Qwen's biases) exports as Llama's
+    attention_bias with a zero o_proj bias; importing that export was refused (attention_bias !=
+    mlp_bias) and now gives the same model back."""
+    torch.manual_seed(0)
+    model = Transformer(model_cfg(["model=llama", "model.attention.qkv_bias=true"] + TINY +
+                                  [f"model.vocab_size={VOCAB}"])).eval()
+    _randomise(model)
+    export_hf(model, tmp_path)
+    back = import_hf(tmp_path)
+    assert back.cfg["bias"] is False and back.cfg["attention"]["qkv_bias"] is True
+    assert back.state_dict().keys() == model.state_dict().keys()
+    idx = _tokens()
+    torch.testing.assert_close(_lm_logits(back, idx), _lm_logits(model, idx), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("overrides", [["model=llama"], ["model=tiny"]])
