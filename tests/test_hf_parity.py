@@ -140,6 +140,14 @@ def test_variants_without_a_hf_equivalent_are_refused(overrides, layout, named, 
     assert not (tmp_path / "config.json").exists()
 
 
+def test_a_refused_component_names_the_one_the_layout_takes(tmp_path):
+    model = Transformer(model_cfg(["model=tiny", "model/ffn=swiglu"] + TINY + [f"model.vocab_size={VOCAB}"]))
+    with pytest.raises(ValueError) as err:
+        export_hf(model, tmp_path)  # guessed llama from SwiGLU: its learned positions are refused
+    assert str(err.value) == ("position Learned has no Hugging Face llama equivalent (llama takes "
+                              "position RoPE); cannot export")
+
+
 def test_convert_script_round_trip_through_an_lmlab_checkpoint(tmp_path):
     import importlib.util
     import subprocess
