@@ -40,3 +40,19 @@ def test_a_small_file_is_scored_whole_though_its_last_tenth_holds_no_window(tmp_
         evaluate(argv)
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == "lmlab: error: the all split has 4 tokens, fewer than one window of 17"
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused_in_one_line(tmp_path, capsys):
+    """A checkpoint with fewer tokens than data.tokenizer (an import with its own tokenizer) ended
+    in an IndexError traceback from the embedding, after the text was tokenized."""
+    torch.manual_seed(0)
+    cfg = model_cfg(TINY + ["model.vocab_size=97"])
+    state = {f"model.{k}": v for k, v in Transformer(cfg).state_dict().items()}
+    torch.save({"hyper_parameters": {"model": cfg}, "state_dict": state}, tmp_path / "m.ckpt")
+    (tmp_path / "mine.txt").write_text("Some text of mine, " * 20)
+    with pytest.raises(SystemExit) as exit_:
+        evaluate([f"ckpt_path={tmp_path / 'm.ckpt'}", "data=text", f"data.path={tmp_path / 'mine.txt'}",
+                  f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path}"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.strip() == (
+        "lmlab: error: data.tokenizer=gpt2 has 50,257 tokens, more than the model's vocab_size=97: "
+        "the model was not trained with it")

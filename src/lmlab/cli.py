@@ -129,6 +129,7 @@ def _evaluate(cfg: DictConfig) -> float:
                             f"data.val_windows={cfg.data.test_windows}")
         model = load_model(cfg.ckpt_path, "cpu")
         check_factors(cfg.extrapolate, model.context_length)
+        check_tokenizer_fits("data.tokenizer", cfg.data.tokenizer, model.tok_emb.num_embeddings)
         from lmlab.training import build_datamodule  # Lightning: only once the command line is good
 
         cfg.model.context_length = model.context_length
