@@ -171,3 +171,24 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused_in_one_line(tmp_path)
                 "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
     proc = run("generate.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'g'}", check=False)
     assert refused(proc) == f"lmlab: error: {message}"
+
+
+def test_a_cropped_prompts_notice_comes_before_the_streamed_text(tmp_path):
+    """generate.py printed the streamed prompt, then the notice that it was cropped (stderr, into
+    the middle of the text on a terminal), then the continuation."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    model = Transformer(model_cfg(TINY))  # context 16
+    torch.save({"hyper_parameters": {"model": model.cfg},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "m.ckpt")
+    prompt = ("Now is the winter of our discontent made glorious summer by this sun of York. " * 2).strip()
+    code = ("import sys; from lmlab import cli; sys.argv = ['generate.py', *sys.argv[1:]]; cli.generate()")
+    proc = subprocess.run([sys.executable, "-c", code, f"ckpt_path={tmp_path / 'm.ckpt'}", f"prompt={prompt}",
+                           "max_new_tokens=3", "temperature=0", f"hydra.run.dir={tmp_path / 'g'}"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    notice, text = proc.stdout.split("\n", 1)
+    assert "longer than the model's context of 16" in notice
+    assert text == (tmp_path / "g" / "samples.txt").read_text() + "\n" and text.startswith(prompt)

@@ -98,17 +98,20 @@ def _generate(cfg: DictConfig) -> None:
     except (UserError, ValueError) as err:
         exit_with(err)
     live = cfg.stream and len(prompts) * cfg.num_samples == 1
-    if live:
-        print(prompts[0], end="", flush=True)
+    shown = []  # the prompt is printed with the first piece, after any notice (a cropped prompt)
+
+    def show(row: int, piece: str) -> None:
+        print(("" if shown else prompts[0]) + piece, end="", flush=True)
+        shown.append(True)
+
     texts = sample_texts(
         model, cfg.tokenizer, prompts, num_samples=cfg.num_samples, seed=cfg.seed,
-        stop=stop, stop_at_eos=cfg.stop_at_eos,
-        on_text=(lambda row, piece: print(piece, end="", flush=True)) if live else None,
+        stop=stop, stop_at_eos=cfg.stop_at_eos, on_text=show if live else None,
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
         top_p=cfg.top_p, use_cache=cfg.use_cache,
     )
     if live:
-        print(flush=True)
+        show(0, "\n")
     else:
         for i, text in enumerate(texts):
             print(f"----- sample {i + 1}/{len(texts)} -----\n{text}", flush=True)
