@@ -148,7 +148,7 @@ def test_a_refused_component_names_the_one_the_layout_takes(tmp_path):
                               "position RoPE); cannot export")
 
 
-def test_convert_script_round_trip_through_an_lmlab_checkpoint(tmp_path):
+def test_convert_script_round_trip_through_an_lmlab_checkpoint(tmp_path, capsys):
     import importlib.util
     import subprocess
     import sys
@@ -184,3 +184,9 @@ def test_convert_script_round_trip_through_an_lmlab_checkpoint(tmp_path):
     # and a checkpoint that is not there: named, not a traceback
     assert hf_convert.main(["export", str(tmp_path / "none.ckpt"), str(tmp_path / "y")]) == 2
     assert not (tmp_path / "y").exists()
+    # a destination of the wrong kind: refused before any weights are read (it was a traceback
+    # after the conversion's work)
+    (tmp_path / "a_file").write_text("")
+    assert hf_convert.main(["import", str(tmp_path / "hf"), str(tmp_path / "out")]) == 2
+    assert hf_convert.main(["export", str(tmp_path / "m.ckpt"), str(tmp_path / "a_file")]) == 2
+    assert "export writes a directory" in capsys.readouterr().err
