@@ -126,6 +126,11 @@ def _evaluate(cfg: DictConfig) -> float:
     try:
         check_split(cfg.split)
         check_value("data.val_windows", cfg.data.val_windows, 1, True, True)
+        for key, value in cfg.model.items():  # it was overwritten with the checkpoint's, silently
+            if value is not None:
+                raise UserError(f"model.{key}={value}: evaluate.py reads it from the checkpoint"
+                                + ("; score other lengths with extrapolate, e.g. extrapolate=[1,2,4,8]"
+                                   if key == "context_length" else ""))
         if cfg.data.get("test_windows") is not None:  # train.py's key for its test_loss
             raise UserError(f"data.test_windows={cfg.data.test_windows}: evaluate.py scores "
                             f"data.val_windows windows of the split it scores; pass "
