@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("dst")
     exp.add_argument("--layout", choices=hf.LAYOUTS, default=None, help="default: guessed from the components")
     args = parser.parse_args(argv)
+    if (err := bad_destination(args.cmd, Path(args.dst))) is not None:  # before any weights are read
+        print(f"hf_convert: error: {err}", file=sys.stderr)
+        return 2
     try:
         if args.cmd == "import":
             model = hf.import_hf(args.src)
@@ -39,6 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{args.cmd}ed {model.num_params():,} parameters to {args.dst}")
     return 0
+
+
+def bad_destination(cmd: str, dst: Path) -> str | None:
+    """Why ``dst`` cannot be written (import: a checkpoint file; export: a directory), or None."""
+    if cmd == "import" and dst.is_dir():
+        return f"{dst} is a directory; import writes a checkpoint file, e.g. {dst / 'model.ckpt'}"
+    if cmd == "export" and dst.exists() and not dst.is_dir():
+        return f"{dst} is a file; export writes a directory (config.json, model.safetensors)"
+    return None
 
 
 if __name__ == "__main__":

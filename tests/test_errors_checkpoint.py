@@ -51,6 +51,13 @@ def test_a_directory_is_not_a_checkpoint(tmp_path):
     with pytest.raises(UserError, match=f"^ckpt_path: {tmp_path} is a directory, not a checkpoint "
                                         "file; it holds last.ckpt$"):
         load_model(tmp_path, "cpu")
+    hf = tmp_path / "hf"  # what transformers' save_pretrained writes
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    with pytest.raises(UserError, match=f"^ckpt_path: {hf} is a directory, not a checkpoint file; a "
+                                        f"Hugging Face checkpoint directory\? convert it first: python "
+                                        f"scripts/hf_convert.py import {hf} model.ckpt$"):
+        load_model(hf, "cpu")
 
 
 def test_truncated_empty_and_random_files(ckpt, tmp_path):

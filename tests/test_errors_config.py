@@ -76,6 +76,9 @@ def test_a_bad_command_line_is_refused_without_loading_lightning(script, argv, t
                              "the split it scores; pass data.val_windows=64"),  # it was ignored
     ("extrapolate=[1,0]", "extrapolate=[1, 0]: must be a list of multiples of the trained context "
                           "(16 tokens), each a window of at least one token, e.g. [1,2,4,8]"),
+    # was replaced with the checkpoint's without a word
+    ("model.context_length=64", "model.context_length=64: evaluate.py reads it from the checkpoint; "
+                                "score other lengths with extrapolate, e.g. extrapolate=[1,2,4,8]"),
 ])
 def test_evaluate_refuses_bad_values_for_a_good_checkpoint_without_loading_lightning(override, message,
                                                                                       tmp_path):

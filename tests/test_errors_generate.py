@@ -144,3 +144,51 @@ def test_a_prompt_longer_than_the_context_is_cropped_with_a_notice(model, caplog
     n = len(get_tokenizer("gpt2").encode(prompt))
     assert n > 16 and notice == (f"the prompt is {n} tokens, longer than the model's context of 16: the model "
                       "sees only its last 16 tokens")
+
+
+def test_a_padded_vocabulary_never_samples_an_id_the_tokenizer_lacks():
+    """A model whose vocabulary is padded past the tokenizer's (model.vocab_size=50304, which
+    training allows) sampled ids GPT-2's tokenizer cannot decode: a KeyError at the end of
+    generate.py, or of training's sample. Here ids past 50,257 hold the highest logits."""
+    torch.manual_seed(0)
+    model = Transformer(model_cfg(TINY + ["model.vocab_size=50304"])).eval()
+    with torch.no_grad():
+        model.lm_head.weight[50257:] = model.lm_head.weight[:47] * 50
+    text = sample_text(model, "gpt2", "ROMEO:", max_new_tokens=8, temperature=1.0, top_k=None)
+    assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused_in_one_line(tmp_path):
+    """A checkpoint whose vocabulary is smaller than the tokenizer's (an imported model with its
+    own tokenizer, here 97 tokens) ended in an IndexError traceback from the embedding."""
+    torch.manual_seed(0)
+    model = Transformer(model_cfg(TINY + ["model.vocab_size=97"]))
+    message = "tokenizer=gpt2 has 50,257 tokens, more than the model's vocab_size=97: the model was not trained with it"
+    with pytest.raises(UserError, match=message):
+        sample_text(model, "gpt2", "ROMEO:", max_new_tokens=2)
+    path = tmp_path / "m.ckpt"
+    torch.save({"hyper_parameters": {"model": model.cfg},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    proc = run("generate.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'g'}", check=False)
+    assert refused(proc) == f"lmlab: error: {message}"
+
+
+def test_a_cropped_prompts_notice_comes_before_the_streamed_text(tmp_path):
+    """generate.py printed the streamed prompt, then the notice that it was cropped (stderr, into
+    the middle of the text on a terminal), then the continuation."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    model = Transformer(model_cfg(TINY))  # context 16
+    torch.save({"hyper_parameters": {"model": model.cfg},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "m.ckpt")
+    prompt = ("Now is the winter of our discontent made glorious summer by this sun of York. " * 2).strip()
+    code = ("import sys; from lmlab import cli; sys.argv = ['generate.py', *sys.argv[1:]]; cli.generate()")
+    proc = subprocess.run([sys.executable, "-c", code, f"ckpt_path={tmp_path / 'm.ckpt'}", f"prompt={prompt}",
+                           "max_new_tokens=3", "temperature=0", f"hydra.run.dir={tmp_path / 'g'}"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    notice, text = proc.stdout.split("\n", 1)
+    assert "longer than the model's context of 16" in notice
+    assert text == (tmp_path / "g" / "samples.txt").read_text() + "\n" and text.startswith(prompt)

@@ -68,3 +68,9 @@ def test_the_summary_speaks_of_a_learned_table_only_when_a_length_is_na():
     assert "length extrapolation:\n" in summary(result) and "n/a" not in summary(result)
     result["extrapolation"][1].update(loss=None, ppl=None, windows=0)
     assert "length extrapolation (n/a: positions past a learned table):" in summary(result)
+    # a length longer than the text: not a learned table's doing (a RoPE model said it was)
+    result["extrapolation"][1].update(length=512, factor=8)
+    assert "length extrapolation (n/a: the text holds no window of that length):" in summary(result)
+    result["extrapolation"].append({**result["extrapolation"][1], "length": 256, "factor": 4})
+    assert ("length extrapolation (n/a: positions past a learned table; the text holds no window "
+            "of that length):") in summary(result)

@@ -26,6 +26,16 @@ def test_temperature_zero_is_greedy():
     assert sample_next(logits, temperature=0).item() == 1
 
 
+def test_a_tiny_temperature_samples_the_best_token():
+    """Logits over a tiny temperature overflowed to inf, and softmax made nan of them: generate.py
+    temperature=1e-40 ended in multinomial's traceback instead of the greedy tokens."""
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.9], [5.0, 5.0, -50.0, 4.0]])
+    g = torch.Generator().manual_seed(0)
+    for t in (1e-6, 1e-40, 1e-300):
+        picks = sample_next(logits.repeat(50, 1), temperature=t, top_p=0.9, generator=g)[:, 0]
+        assert set(picks[0::2].tolist()) == {1} and set(picks[1::2].tolist()) == {0, 1}, t
+
+
 def test_top_k_only_samples_the_k_best():
     logits = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]]).repeat(500, 1)
     g = torch.Generator().manual_seed(0)

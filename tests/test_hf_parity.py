@@ -61,6 +61,9 @@ def llama_hf(tied=False, **kw):
     pytest.param(lambda: llama_hf(), id="llama-gqa-rope"),
     pytest.param(lambda: llama_hf(tied=True, attention_bias=True, mlp_bias=True), id="llama-tied-bias"),
     pytest.param(lambda: llama_hf(rope_scaling={"rope_type": "linear", "factor": 2.0}), id="llama-linear-rope"),
+    # biases on attention or the MLP alone were refused: lmlab's model.bias, the others zero
+    pytest.param(lambda: llama_hf(attention_bias=True), id="llama-attention-bias"),
+    pytest.param(lambda: llama_hf(mlp_bias=True), id="llama-mlp-bias"),
 ])
 def test_import_then_export_keeps_the_logits(make, tmp_path):
     hf = make()
@@ -97,6 +100,22 @@ def test_lmlab_presets_export_and_load_in_transformers(overrides, tmp_path):
     torch.testing.assert_close(_hf_logits(hf, idx), _lm_logits(model, idx), atol=1e-5, rtol=1e-5)
 
 
+def test_qkv_biases_alone_come_back_as_they_went(tmp_path):
+    """model.attention.qkv_bias=true without model.bias (Qwen's biases) exports as Llama's
+    attention_bias with a zero o_proj bias; importing that export was refused (attention_bias !=
+    mlp_bias) and now gives the same model back."""
+    torch.manual_seed(0)
+    model = Transformer(model_cfg(["model=llama", "model.attention.qkv_bias=true"] + TINY +
+                                  [f"model.vocab_size={VOCAB}"])).eval()
+    _randomise(model)
+    export_hf(model, tmp_path)
+    back = import_hf(tmp_path)
+    assert back.cfg["bias"] is False and back.cfg["attention"]["qkv_bias"] is True
+    assert back.state_dict().keys() == model.state_dict().keys()
+    idx = _tokens()
+    torch.testing.assert_close(_lm_logits(back, idx), _lm_logits(model, idx), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("overrides", [["model=llama"], ["model=tiny"]])
 def test_an_export_stops_generating_at_end_of_text(overrides, tmp_path):
     """transformers' generate() stops where lmlab's sampling does: at GPT-2's <|endoftext|>."""
@@ -121,7 +140,15 @@ def test_variants_without_a_hf_equivalent_are_refused(overrides, layout, named, 
     assert not (tmp_path / "config.json").exists()
 
 
-def test_convert_script_round_trip_through_an_lmlab_checkpoint(tmp_path):
+def test_a_refused_component_names_the_one_the_layout_takes(tmp_path):
+    model = Transformer(model_cfg(["model=tiny", "model/ffn=swiglu"] + TINY + [f"model.vocab_size={VOCAB}"]))
+    with pytest.raises(ValueError) as err:
+        export_hf(model, tmp_path)  # guessed llama from SwiGLU: its learned positions are refused
+    assert str(err.value) == ("position Learned has no Hugging Face llama equivalent (llama takes "
+                              "position RoPE); cannot export")
+
+
+def test_convert_script_round_trip_through_an_lmlab_checkpoint(tmp_path, capsys):
     import importlib.util
     import subprocess
     import sys
@@ -157,3 +184,9 @@ def test_convert_script_round_trip_through_an_lmlab_checkpoint(tmp_path):
     # and a checkpoint that is not there: named, not a traceback
     assert hf_convert.main(["export", str(tmp_path / "none.ckpt"), str(tmp_path / "y")]) == 2
     assert not (tmp_path / "y").exists()
+    # a destination of the wrong kind: refused before any weights are read (it was a traceback
+    # after the conversion's work)
+    (tmp_path / "a_file").write_text("")
+    assert hf_convert.main(["import", str(tmp_path / "hf"), str(tmp_path / "out")]) == 2
+    assert hf_convert.main(["export", str(tmp_path / "m.ckpt"), str(tmp_path / "a_file")]) == 2
+    assert "export writes a directory" in capsys.readouterr().err

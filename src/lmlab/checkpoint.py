@@ -55,6 +55,9 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if path.is_dir():
         found = sorted(p.name for p in path.glob("*.ckpt"))
         hint = f"; it holds {', '.join(found)}" if found else ""
+        if not found and (path / "config.json").is_file():  # as save_pretrained writes them
+            hint = (f"; a Hugging Face checkpoint directory? convert it first: python "
+                    f"scripts/hf_convert.py import {path} model.ckpt")
         raise UserError(f"ckpt_path: {path} is a directory, not a checkpoint file{hint}")
     if not path.is_file():
         raise UserError(f"ckpt_path: no such checkpoint: {path}")

@@ -22,8 +22,8 @@ from lmlab.job import train as run_job
 from lmlab.overrides import check_argv, finished_run_message
 from lmlab.sampling import sample_texts
 from lmlab.sweep_check import single_run_note
-from lmlab.validate import (check_device, check_sampling, check_value, prompt_texts, stop_strings,
-                            tokenizer_size)
+from lmlab.validate import (check_device, check_sampling, check_tokenizer_fits, check_value, prompt_texts,
+                            stop_strings, tokenizer_size)
 
 CONF_DIR = conf_dir()
 
@@ -94,20 +94,24 @@ def _generate(cfg: DictConfig) -> None:
         check_device(cfg.device)
         tokenizer_size("tokenizer", cfg.tokenizer)
         model = load_model(cfg.ckpt_path, cfg.device, compile=cfg.compile)
+        check_tokenizer_fits("tokenizer", cfg.tokenizer, model.tok_emb.num_embeddings)
     except (UserError, ValueError) as err:
         exit_with(err)
     live = cfg.stream and len(prompts) * cfg.num_samples == 1
-    if live:
-        print(prompts[0], end="", flush=True)
+    shown = []  # the prompt is printed with the first piece, after any notice (a cropped prompt)
+
+    def show(row: int, piece: str) -> None:
+        print(("" if shown else prompts[0]) + piece, end="", flush=True)
+        shown.append(True)
+
     texts = sample_texts(
         model, cfg.tokenizer, prompts, num_samples=cfg.num_samples, seed=cfg.seed,
-        stop=stop, stop_at_eos=cfg.stop_at_eos,
-        on_text=(lambda row, piece: print(piece, end="", flush=True)) if live else None,
+        stop=stop, stop_at_eos=cfg.stop_at_eos, on_text=show if live else None,
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
         top_p=cfg.top_p, use_cache=cfg.use_cache,
     )
     if live:
-        print(flush=True)
+        show(0, "\n")
     else:
         for i, text in enumerate(texts):
             print(f"----- sample {i + 1}/{len(texts)} -----\n{text}", flush=True)
@@ -122,17 +126,23 @@ def _evaluate(cfg: DictConfig) -> float:
     try:
         check_split(cfg.split)
         check_value("data.val_windows", cfg.data.val_windows, 1, True, True)
+        for key, value in cfg.model.items():  # it was overwritten with the checkpoint's, silently
+            if value is not None:
+                raise UserError(f"model.{key}={value}: evaluate.py reads it from the checkpoint"
+                                + ("; score other lengths with extrapolate, e.g. extrapolate=[1,2,4,8]"
+                                   if key == "context_length" else ""))
         if cfg.data.get("test_windows") is not None:  # train.py's key for its test_loss
             raise UserError(f"data.test_windows={cfg.data.test_windows}: evaluate.py scores "
                             f"data.val_windows windows of the split it scores; pass "
                             f"data.val_windows={cfg.data.test_windows}")
         model = load_model(cfg.ckpt_path, "cpu")
         check_factors(cfg.extrapolate, model.context_length)
+        check_tokenizer_fits("data.tokenizer", cfg.data.tokenizer, model.tok_emb.num_embeddings)
         from lmlab.training import build_datamodule  # Lightning: only once the command line is good
 
         cfg.model.context_length = model.context_length
         cfg.model.vocab_size = model.tok_emb.num_embeddings
-        datamodule = build_datamodule(cfg)
+        datamodule = build_datamodule(cfg, check_windows=False)  # all of a small file may score
         result = score(model, datamodule, cfg.split, cfg.extrapolate, cfg.data.val_windows)
     except (UserError, ValueError) as err:
         exit_with(err)

@@ -52,7 +52,15 @@ def summary(result: dict) -> str:
             f"({result['tokens']:,} tokens in the split)")
     rows = result["extrapolation"]
     if len(rows) > 1:
-        na = any(r["loss"] is None for r in rows)
-        text += f"\nlength extrapolation{' (n/a: positions past a learned table)' if na else ''}:\n"
+        why = not_scored(result)
+        text += f"\nlength extrapolation{f' (n/a: {why})' if why else ''}:\n"
         text += format_table(rows)
     return text
+
+
+def not_scored(result: dict) -> str:
+    """Why the n/a lengths of ``result`` were not scored (``extrapolation.extrapolation``): the
+    text holds no window of that length, or its positions are past a learned table; '' if none."""
+    why = {"the text holds no window of that length" if result["tokens"] <= r["length"] + 1
+           else "positions past a learned table" for r in result["extrapolation"] if r["loss"] is None}
+    return "; ".join(sorted(why))

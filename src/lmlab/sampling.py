@@ -5,9 +5,11 @@ at its own positions), yielding every step's new tokens as they are produced; a 
 ``eos_id``, when ``is_done`` says so (stop strings), or after ``max_new_tokens``. ``sample_tokens``
 extends a (B, T) tensor; ``sample_texts`` turns prompts into text, with stop strings.
 
-When the cache is full (context_length slots), it restarts on the last half context of each
-sequence, re-encoded from position 0 - as recomputation crops its input, but keeping half a
-window instead of a full one, so that the next half window of steps are cheap decoding steps.
+When a sequence's window is full (context_length tokens), it restarts on its last half context,
+re-encoded from position 0 - as recomputation crops its input, but keeping half a window instead
+of a full one, so that the next half window of steps are cheap decoding steps. In a batch each row
+restarts when it would alone (the cache is then re-encoded from every row's window), so that a
+row's tokens do not depend on the lengths of the prompts beside it.
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ def sample_next(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """logits (B, vocab) -> next ids (B, 1). temperature 0 is greedy."""
+    """logits (B, vocab) -> next ids (B, 1). temperature 0 is greedy; a tiny one samples among
+    the tokens tied for the highest logit (the max is subtracted first, so that no logit over a
+    tiny temperature overflows to inf, and inf - inf to nan)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    tiny = torch.finfo(logits.dtype).tiny  # a temperature below fp32's range would be 0, 0/0 nan
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / max(temperature, tiny)
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -71,12 +77,14 @@ def stream_tokens(
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
     is_done: Callable[[int, list[int]], bool] | None = None,
+    vocab: int | None = None,
 ) -> Iterator[list[int | None]]:
     """Generate after each prompt (token-id lists, any lengths) in one batch; yield after every
     step each sequence's new token, or None for a sequence that had already ended. A sequence
     ends after ``eos_id`` (yielded), or once ``is_done(row, its new tokens)`` is true. With
     ``use_cache`` the prompts are encoded once and each step feeds only the newest tokens;
-    without it, every step recomputes the (cropped) whole sequences."""
+    without it, every step recomputes the (cropped) whole sequences. ``vocab``: sample only ids
+    below it (those a tokenizer can decode, where the model's vocabulary is padded past them)."""
     was_training = model.training
     model.eval()
     ctx = model.context_length
@@ -85,16 +93,21 @@ def stream_tokens(
     new: list[list[int]] = [[] for _ in rows]
     done = [False] * len(rows)
     cache = KVCache.for_model(model) if use_cache else None
-    feed = [r[-ctx:] for r in rows]
+    start = [max(len(r) - ctx, 0) for r in rows]  # where each row's window (in the cache) begins
+    feed = [r[s:] for r, s in zip(rows, start)]
     try:
         for _ in range(max_new_tokens):
             if not use_cache:
                 feed = [r[-ctx:] for r in rows]
-            elif len(cache) + max(len(f) for f in feed) > ctx:  # full: restart on half a window
-                cache.reset()
-                feed = [r[-max(ctx // 2, 1):] for r in rows]
+            else:  # a row whose window is full restarts on its last half window, as it would alone
+                full = [b for b, r in enumerate(rows) if not done[b] and len(r) - start[b] > ctx]
+                for b in full:
+                    start[b] = len(rows[b]) - max(ctx // 2, 1)
+                if full or len(cache) + 1 > ctx:  # re-encode every row's window (padding differs)
+                    cache.reset()
+                    feed = [rows[b][-1:] if done[b] else rows[b][start[b]:] for b in range(len(rows))]
             idx, pad = left_pad(feed, device)
-            logits = model(idx, cache, pad, last_only=True).logits[:, -1]  # (B, vocab)
+            logits = model(idx, cache, pad, last_only=True).logits[:, -1, :vocab]  # (B, vocab)
             ids = sample_next(logits, temperature, top_k, top_p, generator)[:, 0].tolist()
             step: list[int | None] = []
             for b, t in enumerate(ids):
@@ -140,9 +153,10 @@ def sample_texts(
     stop string, which is cut from the text with all after it. ``on_text(row, piece)`` gets each
     row's text as soon as it can be printed. ``kwargs``: see stream_tokens."""
     from lmlab.data.tokenizer import get_tokenizer
-    from lmlab.validate import crop_notice
+    from lmlab.validate import check_tokenizer_fits, crop_notice
 
     enc = get_tokenizer(tokenizer_name)
+    check_tokenizer_fits("tokenizer", tokenizer_name, model.tok_emb.num_embeddings)
     device = next(model.parameters()).device
     encoded = [enc.encode(p, allowed_special="all") for p in prompts]
     for ids in encoded:
@@ -161,7 +175,8 @@ def sample_texts(
         return streams[row].stopped
 
     gen = torch.Generator(device=device).manual_seed(seed)
-    for _ in stream_tokens(model, rows, generator=gen, eos_id=eos_id, is_done=is_done, **kwargs):
+    for _ in stream_tokens(model, rows, generator=gen, eos_id=eos_id, is_done=is_done,
+                           vocab=enc.n_vocab, **kwargs):
         pass
     for row, stream in enumerate(streams):
         rest = stream.finish()

@@ -29,11 +29,13 @@ from lmlab.validate import unescape
 log = logging.getLogger("lmlab")
 
 
-def build_datamodule(cfg: DictConfig):
-    """The datamodule, its data found or tokenized and checked to hold a window per split."""
+def build_datamodule(cfg: DictConfig, check_windows: bool = True):
+    """The datamodule, its data found or tokenized and (``check_windows``, for training) checked
+    to hold a window per split; evaluation scores one split and checks that one itself."""
     try:
         datamodule = hydra.utils.instantiate(cfg.data)
-        datamodule.check_windows()
+        if check_windows:
+            datamodule.check_windows()
         return datamodule
     except Exception as err:  # instantiate wraps constructor errors; report the cause alone
         cause = err.__cause__ or err

@@ -132,6 +132,17 @@ def tokenizer_size(key: str, name: str) -> int:
         raise UserError(f"{key}: {err}") from None
 
 
+def check_tokenizer_fits(key: str, name: str, vocab_size: int) -> None:
+    """Refuse tokenizer ``name`` (set at ``key``) for a model of ``vocab_size`` tokens with no row
+    for some of its ids: the model was not trained with it (its prompts could hold ids past the
+    embedding). A larger vocabulary (padded, e.g. to 50,304) is fine: its extra ids, which no
+    tokenizer decodes, are never sampled (``sample_texts``)."""
+    n = tokenizer_size(key, name)
+    if vocab_size < n:
+        raise UserError(f"{key}={name} has {n:,} tokens, more than the model's vocab_size="
+                        f"{vocab_size}: the model was not trained with it")
+
+
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 
 

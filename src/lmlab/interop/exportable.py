@@ -38,15 +38,13 @@ def guess_layout(model: Transformer) -> str:
 def check_exportable(model: Transformer, layout: str, position: type, ffn: type, norm: type) -> None:
     block, k = model.blocks[0], component_kinds(model)
 
-    def refuse(what: str) -> None:
-        raise ValueError(f"{what} has no Hugging Face {layout} equivalent; cannot export")
+    def refuse(what: str, needs: str = "") -> None:
+        raise ValueError(f"{what} has no Hugging Face {layout} equivalent{needs}; cannot export")
 
-    if not isinstance(model.position, position):
-        refuse(f"position {k['position']}")
-    if not isinstance(block.ffn, ffn):
-        refuse(f"ffn {k['ffn']}")
-    if not isinstance(block.norm1, norm):
-        refuse(f"norm {k['norm']}")
+    for group, cls, built in (("position", position, model.position), ("ffn", ffn, block.ffn),
+                              ("norm", norm, block.norm1)):
+        if not isinstance(built, cls):  # which one the layout takes: the choice to train with
+            refuse(f"{group} {k[group]}", f" ({layout} takes {group} {cls.__name__})")
     if block.post_norm:
         refuse("model.norm_placement=post")
     attn: Attention = block.attn

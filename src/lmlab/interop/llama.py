@@ -29,16 +29,14 @@ def llama_in(hf: dict, sd: dict) -> tuple[dict, dict]:
         raise ValueError(f"Llama head_dim={hf['head_dim']} differs from hidden_size / heads = {d // nh}")
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"Llama hidden_act {hf['hidden_act']!r} is not supported; valid choices: silu")
-    attn_bias, mlp_bias = hf.get("attention_bias", False), hf.get("mlp_bias", False)
-    if attn_bias != mlp_bias:
-        raise ValueError("Llama attention_bias != mlp_bias is not supported (lmlab has one model.bias)")
+    bias, qkv_bias = biases_in(hf, sd, L)
     cfg = {
         "vocab_size": hf["vocab_size"], "context_length": hf["max_position_embeddings"], "n_layers": L,
-        "n_heads": nh, "d_model": d, "bias": bool(attn_bias), "dropout": 0.0, "norm_placement": "pre",
+        "n_heads": nh, "d_model": d, "bias": bias, "dropout": 0.0, "norm_placement": "pre",
         "tie_weights": hf.get("tie_word_embeddings", False),
         "attention": {"_target_": "lmlab.model.attention.Attention",
                       "n_kv_heads": hf.get("num_key_value_heads") or nh, "kernel": "auto",
-                      "qkv_bias": None, "qk_norm": False, "window": None},
+                      "qkv_bias": qkv_bias, "qk_norm": False, "window": None},
         "position": rope_in(hf),
         "ffn": {"_target_": "lmlab.model.ffn.SwiGLU", "hidden_dim": hf["intermediate_size"],
                 "multiple_of": 64},
@@ -53,11 +51,23 @@ def llama_in(hf: dict, sd: dict) -> tuple[dict, dict]:
     out["lm_head.weight"] = sd["model.embed_tokens.weight"] if cfg["tie_weights"] else sd["lm_head.weight"]
     for i in range(L):
         for src, dst in names.items():
-            for p in ("weight", "bias"):
-                key = f"model.layers.{i}.{src}.{p}"
-                if key in sd:
-                    out[f"blocks.{i}.{dst}.{p}"] = sd[key]
+            weight = out[f"blocks.{i}.{dst}.weight"] = sd[f"model.layers.{i}.{src}.weight"]
+            has_bias = bias or (qkv_bias and dst in ("attn.q", "attn.k", "attn.v"))
+            if has_bias and not dst.startswith("norm"):  # a bias Llama lacks is zero: the same function
+                out[f"blocks.{i}.{dst}.bias"] = sd.get(f"model.layers.{i}.{src}.bias", weight.new_zeros(len(weight)))
     return cfg, out
+
+
+def biases_in(hf: dict, sd: dict, L: int) -> tuple[bool, bool | None]:
+    """lmlab's (model.bias, model.attention.qkv_bias) for Llama's attention_bias and mlp_bias:
+    both or neither as model.bias; biases on q, k and v alone (o_proj's all zero, as lmlab's
+    export of qkv_bias=true writes them) as qkv_bias=true; another mix as model.bias, the biases
+    Llama lacks set to zero."""
+    attn_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
+    o_zero = all(not sd[f"model.layers.{i}.self_attn.o_proj.bias"].any() for i in range(L)) if attn_bias else False
+    if attn_bias and not mlp_bias and o_zero:
+        return False, True
+    return attn_bias or mlp_bias, None
 
 
 def llama_out(model: Transformer) -> tuple[dict, dict]:
