@@ -208,6 +208,9 @@ def check_config(cfg: DictConfig, here: bool = True) -> None:
             module.configure_optimizers()  # and the optimizer's
         except ValueError as err:
             raise UserError(str(err)) from None
+    from lmlab.callback_checks import check_callbacks
+
+    check_callbacks(plain.get("callbacks"))
     if cfg.get("ckpt_path"):
         from lmlab.resume_settings import check_resumable, check_resume_settings
 
