@@ -1,11 +1,14 @@
 """What a resumed run follows: the schedule this run plans (module.extend's new length), in
 process with Lightning's own restore order (on_load_checkpoint, configure_optimizers, then the
-optimizer's and scheduler's states)."""
+optimizer's and scheduler's states); and what it prints."""
+
+import warnings
 
 import lightning as L
 import pytest
 import torch
 
+from lmlab.console import quiet_third_party
 from lmlab.module import LanguageModule
 from lmlab.schedule import Schedule
 from tests.conftest import TINY, model_cfg
@@ -48,3 +51,17 @@ def test_an_extended_resume_decays_from_its_step_to_the_new_end(tmp_path):
     assert sorted(lrs) == list(range(10, 30))
     assert [lrs[s] for s in range(10, 30)] == pytest.approx([1e-3 * want(s) for s in range(10, 30)])
     assert lrs[25] > 1.5 * 1e-4  # still decaying, not at the floor
+
+
+def test_a_resume_from_mid_epoch_does_not_warn_of_an_unresumable_loader(tmp_path):
+    """Lightning cautioned on every resume of an lmlab run that its loader was not resumable and
+    results could be unreliable; lmlab's data modules restart the loader at the checkpoint's batch
+    (the resumed losses equal an uninterrupted run's, test_resume.py)."""
+    hp = dict(warmup_steps=2, optimizer={"_target_": "lmlab.optim.adamw"})
+    ckpt = tmp_path / "mid.ckpt"
+    fit(LanguageModule(model_cfg(MODEL), max_steps=20, **hp), 10, save=ckpt)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        fit(LanguageModule(model_cfg(MODEL), max_steps=20, **hp), 12, ckpt_path=str(ckpt))
+    assert not [w for w in caught if "not resumable" in str(w.message)]
