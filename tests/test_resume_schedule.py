@@ -5,12 +5,14 @@ optimizer's and scheduler's states); and what it prints."""
 import warnings
 
 import lightning as L
+from lightning.pytorch.utilities.parsing import AttributeDict
 import pytest
 import torch
 
 from lmlab.console import quiet_third_party
 from lmlab.module import LanguageModule
-from lmlab.schedule import Schedule
+from lmlab.errors import UserError
+from lmlab.schedule import Schedule, resume_anchor
 from tests.conftest import TINY, model_cfg
 
 MODEL = TINY + ["model.vocab_size=64"]
@@ -65,3 +67,16 @@ def test_a_resume_from_mid_epoch_does_not_warn_of_an_unresumable_loader(tmp_path
         quiet_third_party()
         fit(LanguageModule(model_cfg(MODEL), max_steps=20, **hp), 12, ckpt_path=str(ckpt))
     assert not [w for w in caught if "not resumable" in str(w.message)]
+
+
+def test_an_extension_shorter_than_the_checkpoint_is_refused():
+    """max_steps=8 with extend, from a checkpoint at step 10: it trained nothing and was recorded
+    as a completed run whose checkpoint was the other run's. At the plan's last step a resume
+    is allowed: it finishes a run killed (or requeued) after its last checkpoint."""
+    ckpt = {"global_step": 10, "hyper_parameters": {"max_steps": 20, "warmup_steps": 2, "min_lr_ratio": 0.1}}
+    hp = {"max_steps": 8, "extend": True, "warmup_steps": 2, "min_lr_ratio": 0.1}
+    with pytest.raises(UserError, match=r"^trainer.max_steps=8: the checkpoint is at step 10 already, "
+                                        r"so there is nothing to train; to train on, use trainer.max_steps > 10$"):
+        resume_anchor(ckpt, AttributeDict(hp))
+    at_end = {"global_step": 20, "hyper_parameters": ckpt["hyper_parameters"]}
+    assert resume_anchor(at_end, AttributeDict({**hp, "max_steps": 20, "extend": False})) is None

@@ -213,8 +213,10 @@ def check_config(cfg: DictConfig, here: bool = True) -> None:
     check_callbacks(plain.get("callbacks"))
     if cfg.get("ckpt_path"):
         from lmlab.resume_settings import check_resumable, check_resume_settings
+        from lmlab.schedule import check_length
 
         ckpt = read_checkpoint(cfg.ckpt_path, map_location="cpu")
         check_fits(module, ckpt["state_dict"])
         check_resumable(ckpt, cfg.ckpt_path)
+        check_length(ckpt, module.hparams)  # again when Lightning loads it (LanguageModule)
         check_resume_settings(ckpt.get("hyper_parameters") or {}, dict(module.hparams))
