@@ -39,6 +39,12 @@ def refused(proc) -> str:
                              "use at least 50257"),
     ("module.lr=${module.nope}", "module.lr: cannot resolve the interpolation: Interpolation key "
                                  "'module.nope' not found"),
+    # a traceback after the first steps, and Hydra's several-line instantiate error once the
+    # data and model were built
+    ("callbacks.model_checkpoint.monitor=val_loss", "callbacks.model_checkpoint.monitor: unknown "
+     "'val_loss'; valid choices: val/loss, val/ppl, train/loss, null"),
+    ("callbacks.model_checkpoint.save_top_k=-2", "callbacks.model_checkpoint: Invalid value for "
+     "save_top_k=-2. Must be >= -1"),
 ])
 def test_train_py_refuses_in_one_line_before_compute(override, message, tmp_path):
     """Through `python train.py` as a user runs it: one kind of error each (Hydra's group choice,

@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lmlab.hardware import fast_precision
+from lmlab.run_dirs import claim_dir
 
 
 def conf_dir() -> str:
@@ -32,6 +33,7 @@ def multiply(*factors: int | float) -> int | float:
 
 
 RESOLVERS = {"fast_precision": fast_precision, "mul": multiply}
+CACHED_RESOLVERS = {"claim_dir": claim_dir}  # one value per config: a run's directory is claimed once
 
 
 def register_resolvers() -> None:
@@ -39,3 +41,6 @@ def register_resolvers() -> None:
     for name, fn in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+    for name, fn in CACHED_RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=True)

@@ -19,8 +19,9 @@ class _DropNoise(logging.Filter):
 def quiet_third_party() -> None:
     """Drop Lightning's advertisement and accelerator inventory, a deprecation warning raised
     inside Lightning's own code (lightning/pytorch/utilities/_pytree.py, about torch's LeafSpec),
-    and its caution about an IterableDataset with a length (lmlab's window streams are sized and
-    split among workers on purpose)."""
+    its caution about an IterableDataset with a length (lmlab's window streams are sized and
+    split among workers on purpose), and its caution, on every resume from mid-epoch, that the
+    loader is not resumable (lmlab's data modules resume it exactly)."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
@@ -28,3 +29,6 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # lmlab's window streams have a length and split work among loader workers themselves
     warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
+    # every mid-run resume: lmlab's data modules restart their loaders at the checkpoint's batch
+    # themselves (TokenDataModule.state_dict), which Lightning cannot see in the loader
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")

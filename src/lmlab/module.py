@@ -96,7 +96,10 @@ class LanguageModule(L.LightningModule):
         spec = dict(hp.optimizer or {"_target_": "lmlab.optim.adamw"})
         opt = build(spec, model=self.model, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
         schedule = Schedule(hp.warmup_steps, hp.max_steps, hp.min_lr_ratio, self._anchor)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        # a plain function, not the Schedule itself: LambdaLR saves a callable object's attributes
+        # in checkpoints and a resume wrote them back over this run's plan (module.extend's
+        # anchor and new length were replaced by the checkpoint's, and the LR stayed on the old cosine)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule(step))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):

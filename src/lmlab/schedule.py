@@ -41,18 +41,31 @@ class Schedule:
         return self.min_ratio + (value - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def check_length(checkpoint: dict, hparams) -> None:
+    """Refuse a resume that changes the planned length without ``module.extend``, or (with it)
+    ends before the checkpoint's step (it trained nothing and was recorded as a completed run,
+    with another run's checkpoint as its own). A resume at its plan's last step is allowed: it
+    finishes the run's evaluation (a run killed, or requeued, after its last checkpoint)."""
+    planned = checkpoint.get("hyper_parameters", {}).get("max_steps")
+    step, steps = checkpoint.get("global_step", 0), hparams.get("max_steps")
+    if planned is not None and planned != steps and not hparams.get("extend", False):
+        raise UserError(f"trainer.max_steps: the checkpoint's run was planned for {planned} steps, "
+                        f"not {steps}; resume with trainer.max_steps={planned}, or add "
+                        f"module.extend=true to decay the LR from step {step} to the new end")
+    if step > steps:
+        raise UserError(f"trainer.max_steps={steps}: the checkpoint is at step {step} already, so "
+                        f"there is nothing to train; to train on, use trainer.max_steps > {step}")
+
+
 def resume_anchor(checkpoint: dict, hparams) -> tuple[int, float] | None:
-    """The anchor of the schedule a resumed run follows; refuses an unannounced change of length."""
+    """The anchor of the schedule a resumed run follows (see check_length for what is refused)."""
+    check_length(checkpoint, hparams)
     old = checkpoint.get("hyper_parameters", {})
     planned, step = old.get("max_steps"), checkpoint.get("global_step", 0)
     anchor = checkpoint.get(ANCHOR_KEY)
     anchor = (int(anchor[0]), float(anchor[1])) if anchor else None
     if planned is None or planned == hparams.max_steps:
         return anchor
-    if not hparams.get("extend", False):
-        raise UserError(f"trainer.max_steps: the checkpoint's run was planned for {planned} steps, "
-                        f"not {hparams.max_steps}; resume with trainer.max_steps={planned}, or add "
-                        f"module.extend=true to decay the LR from step {step} to the new end")
     value = Schedule(old.get("warmup_steps", hparams.warmup_steps), planned,
                      old.get("min_lr_ratio", hparams.min_lr_ratio), anchor)(step)
     return step, value

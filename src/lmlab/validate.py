@@ -1,7 +1,8 @@
 """Checks of a composed training config, run once before anything is computed or written: every
 value resolves, sizes, rates and steps are in range, the sample's arguments are valid, the model
 can be built (its constructors own the checks of their own values, run here on the meta device,
-so no memory is allocated and no weights are initialised) and a checkpoint to resume from fits it.
+so no memory is allocated and no weights are initialised) and a checkpoint to resume from fits it
+is a training checkpoint whose optimization settings the run keeps (lmlab.resume_settings).
 Each failure is a one-line :class:`UserError` naming the key, the bad value and what is allowed."""
 
 from __future__ import annotations
@@ -218,5 +219,15 @@ def check_config(cfg: DictConfig, here: bool = True) -> None:
             module.configure_optimizers()  # and the optimizer's
         except ValueError as err:
             raise UserError(str(err)) from None
+    from lmlab.callback_checks import check_callbacks
+
+    check_callbacks(plain.get("callbacks"))
     if cfg.get("ckpt_path"):
-        check_fits(module, read_checkpoint(cfg.ckpt_path, map_location="cpu")["state_dict"])
+        from lmlab.resume_settings import check_resumable, check_resume_settings
+        from lmlab.schedule import check_length
+
+        ckpt = read_checkpoint(cfg.ckpt_path, map_location="cpu")
+        check_fits(module, ckpt["state_dict"])
+        check_resumable(ckpt, cfg.ckpt_path)
+        check_length(ckpt, module.hparams)  # again when Lightning loads it (LanguageModule)
+        check_resume_settings(ckpt.get("hyper_parameters") or {}, dict(module.hparams))

@@ -82,8 +82,9 @@ def export_hf(model: Transformer, path: str | Path, layout: str | None = None) -
 
 
 def save_checkpoint(model: Transformer, path: str | Path, **module_kwargs) -> Path:
-    """Save ``model`` as a checkpoint that ``LanguageModule.load_from_checkpoint`` (and
-    ``python train.py ckpt_path=...`` for its weights) reads, like those train.py writes."""
+    """Save ``model`` as a checkpoint of its weights that ``LanguageModule.load_from_checkpoint``,
+    ``generate.py`` and ``evaluate.py`` read; it holds no optimizer state, so ``train.py`` has no
+    run in it to resume (lmlab.resume_settings refuses it)."""
     import lightning
 
     from lmlab.module import LanguageModule

@@ -61,8 +61,7 @@ class Attention(nn.Module):
                 f"model.n_heads={n_heads} is not divisible by model.attention.n_kv_heads={n_kv_heads}"
             )
         check_choice("model.attention.kernel", kernel, KERNELS)
-        if window is not None and (not isinstance(window, int) or window < 1):
-            raise ValueError(f"model.attention.window must be null or a positive integer, got {window!r}")
+        positive_int_or_null("model.attention.window", window)  # true is not a window of 1
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
         self.kernel, self.dropout, self.window = kernel, dropout, window
         self.q_norm = RMSNorm(self.head_dim, eps=qk_norm_eps) if qk_norm else None
