@@ -52,3 +52,15 @@ def model_cfg(overrides: list[str] | None = None) -> dict:
 @pytest.fixture
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.getbasetemp() / "token-cache"
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    """A real checkpoint of a two-step run (tests.test_errors_checkpoint.SHORT), shared by the
+    checkpoint and resume refusal tests; they read it and never change it."""
+    from tests.test_errors_checkpoint import SHORT
+    from tests.test_train_cli import run
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    run("train.py", *SHORT, f"hydra.run.dir={tmp / 'run'}", f"paths.cache_dir={tmp / 'cache'}")
+    return tmp / "run" / "checkpoints" / "last.ckpt"

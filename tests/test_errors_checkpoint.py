@@ -20,12 +20,6 @@ SHORT = [o for o in FAST if not o.startswith(("trainer.max_steps", "trainer.val_
     "trainer.max_steps=2", "trainer.val_check_interval=2", "sample.max_new_tokens=0"]
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    """A real checkpoint of a two-step run."""
-    tmp = tmp_path_factory.mktemp("ckpt")
-    run("train.py", *SHORT, f"hydra.run.dir={tmp / 'run'}", f"paths.cache_dir={tmp / 'cache'}")
-    return tmp / "run" / "checkpoints" / "last.ckpt"
 
 
 class RunsAShellCommand:

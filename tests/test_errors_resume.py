@@ -10,8 +10,9 @@ from lmlab.checkpoint import load_model
 from lmlab.errors import UserError
 from lmlab.interop.hf import save_checkpoint
 from lmlab.resume_settings import check_resume_settings
-from tests.test_errors_checkpoint import SHORT, ckpt  # noqa: F401 (a fixture)
-from tests.test_errors_config import refused
+from lmlab.validate import check_config
+from tests.test_errors_checkpoint import SHORT
+from tests.test_errors_config import job_cfg, refused
 from tests.test_train_cli import run
 
 MUON = {"_target_": "lmlab.optim.muon", "momentum": 0.95, "ns_steps": 5,
@@ -20,30 +21,31 @@ SAVED = {"lr": 2e-3, "weight_decay": 0.1, "betas": [0.9, 0.95], "warmup_steps": 
          "max_steps": 2, "min_lr_ratio": 0.1, "optimizer": MUON, "extend": False}
 
 
-@pytest.mark.parametrize("override, message", [
-    ("module/optimizer=adamw", "module/optimizer=adamw: the checkpoint was trained with "
-     "module/optimizer=muon, whose state it holds; resume with module/optimizer=muon"),
-    ("module.lr=1e-3", "module.lr=0.001: the checkpoint's run has module.lr=0.002 and its optimizer "
-     "state restores it; resume with module.lr=0.002"),
-])
-def test_resuming_with_other_optimization_settings_is_refused(ckpt, tmp_path, override, message):  # noqa: F811
-    """Another optimizer crashed in Lightning once the model and data were built; another lr
-    trained on with the checkpoint's, while the run's config and record said the new one."""
-    proc = run("train.py", *SHORT, override, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'r'}",
-               f"paths.cache_dir={tmp_path / 'cache'}", check=False)
-    assert refused(proc) == f"lmlab: error: {message}"
+def test_another_optimizer_is_refused_before_training(ckpt, tmp_path):
+    """Through train.py: another optimizer crashed in Lightning once the model and data were built."""
+    proc = run("train.py", *SHORT, "module/optimizer=adamw", f"ckpt_path={ckpt}",
+               f"hydra.run.dir={tmp_path / 'r'}", f"paths.cache_dir={tmp_path / 'cache'}", check=False)
+    assert refused(proc) == ("lmlab: error: module/optimizer=adamw: the checkpoint was trained with "
+                             "module/optimizer=muon, whose state it holds; resume with module/optimizer=muon")
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
-def test_a_checkpoint_of_weights_alone_is_not_resumed(ckpt, tmp_path):  # noqa: F811
+def test_another_lr_is_refused_by_the_config_check(ckpt, tmp_path):
+    """Another lr trained on with the checkpoint's, while the run's config and record said the new one."""
+    with pytest.raises(UserError, match=r"^module.lr=0.001: the checkpoint's run has module.lr=0.002 and "
+                                        r"its optimizer state restores it; resume with module.lr=0.002$"):
+        check_config(job_cfg(tmp_path, *SHORT, "module.lr=1e-3", f"ckpt_path={ckpt}"))
+
+
+def test_a_checkpoint_of_weights_alone_is_not_resumed(ckpt, tmp_path):
     """An imported checkpoint (hf_convert import) holds no optimizer state: it was refused with a
     misleading trainer.max_steps error, or a KeyError traceback once that was matched."""
     weights = save_checkpoint(load_model(ckpt, "cpu"), tmp_path / "weights.ckpt")
-    proc = run("train.py", *SHORT, f"ckpt_path={weights}", f"hydra.run.dir={tmp_path / 'r'}",
-               f"paths.cache_dir={tmp_path / 'cache'}", check=False)
-    assert refused(proc) == (f"lmlab: error: ckpt_path: {weights} holds a model's weights only (no "
-                             "optimizer state or step, as an imported checkpoint), so there is no "
-                             "run to resume; generate.py and evaluate.py read it")
+    with pytest.raises(UserError) as err:
+        check_config(job_cfg(tmp_path, *SHORT, f"ckpt_path={weights}"))
+    assert str(err.value) == (f"ckpt_path: {weights} holds a model's weights only (no optimizer state "
+                              "or step, as an imported checkpoint), so there is no run to resume; "
+                              "generate.py and evaluate.py read it")
 
 
 def test_what_a_resume_may_change():

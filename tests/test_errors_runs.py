@@ -1,5 +1,6 @@
 """Faults during runs lose no work: a finished run directory is never overwritten, a diverging run
-stops and keeps its last good checkpoint, a failed save (disk full) keeps the previous one."""
+stops and keeps its last good checkpoint (which a fresh start in its directory may not overwrite),
+a failed save (disk full) keeps the previous one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 
 from lmlab.checkpoint import load_model
+from lmlab.overrides import finished_run_message
 from tests.test_errors_config import refused
 from tests.test_train_cli import FAST, run
 
@@ -36,7 +38,7 @@ def test_a_finished_run_is_never_overwritten(tmp_path):
     assert digest(run_dir) == before  # not one byte changed, .hydra/ and train.log included
 
 
-def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     """Weights turn NaN after step 4, right before a validation: the run stops there, says so in
     one line, and last.ckpt is still the finite one of step 2."""
     run_dir = tmp_path / "run"
@@ -52,6 +54,15 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert torch.load(last, weights_only=True)["global_step"] == 2
     model = load_model(last, "cpu")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    before = digest(run_dir)  # rerun in place without ckpt_path: it would start afresh over last.ckpt
+    proc = run("train.py", *RUN, f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}", check=False)
+    assert refused(proc) == (f"lmlab: error: {run_dir} holds the checkpoints of an unfinished run; starting "
+                             f"afresh would overwrite them: resume it with ckpt_path={last}, or choose "
+                             "another hydra.run.dir")
+    assert digest(run_dir) == before
+    assert finished_run_message([f"hydra.run.dir={run_dir}", f"ckpt_path={last}"]) is None  # a resume
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a requeued SLURM job resumes from last.ckpt itself
+    assert finished_run_message([f"hydra.run.dir={run_dir}"]) is None
 
 
 def test_a_nan_training_loss_stops_the_run(tmp_path):

@@ -114,12 +114,13 @@ def _is_interpolation(cfg: DictConfig, key: str) -> bool:
 
 def finished_run_message(argv: list[str]) -> str | None:
     """The error for ``hydra.run.dir=<dir>`` (or, with -m, ``hydra.sweep.dir=<dir>``) naming a
-    directory that already holds a finished run, or None. The default directories are named by
-    the time and are new."""
+    directory that already holds a finished run, or (one run, not resumed with ``ckpt_path``) an
+    unfinished run's checkpoints; else None. The default directories are new (lmlab.run_dirs)."""
     from lmlab.errors import UserError
-    from lmlab.run_record import RECORD_FILE, check_not_finished
+    from lmlab.run_record import RECORD_FILE, check_no_unresumed_checkpoint, check_not_finished
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
+    resumed = any(a.startswith("ckpt_path=") and a not in ("ckpt_path=", "ckpt_path=null") for a in argv)
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
     for arg in argv:
         if arg.startswith(key) and "${" not in arg:
@@ -128,6 +129,8 @@ def finished_run_message(argv: list[str]) -> str | None:
             try:
                 for d in dirs:
                     check_not_finished(d)
+                if not multirun and not resumed:
+                    check_no_unresumed_checkpoint(target)
             except UserError as err:
                 return str(err)
     return None

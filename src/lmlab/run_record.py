@@ -125,6 +125,22 @@ def check_not_finished(run_dir: str | Path) -> None:
                         f"overwrite it: choose another hydra.run.dir (or hydra.sweep.dir)")
 
 
+def check_no_unresumed_checkpoint(run_dir: str | Path) -> None:
+    """Refuse a fresh start in a directory holding an unfinished run's last checkpoint (a failed
+    or interrupted run rerun in place without ``ckpt_path``): training would overwrite it. Lightning
+    resumes from an HPC checkpoint there by itself, and a requeued SLURM job from ``last.ckpt``
+    (lmlab.resume.requeued_checkpoint), so those starts are resumes."""
+    from lmlab.errors import UserError
+
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    if last.is_file() and not requeued and not any(run_dir.glob("hpc_ckpt_*.ckpt")):
+        raise UserError(f"{run_dir} holds the checkpoints of an unfinished run; starting afresh "
+                        f"would overwrite them: resume it with ckpt_path={last}, or choose another "
+                        f"hydra.run.dir")
+
+
 def job_status(record: dict) -> str:
     """running / completed / failed / interrupted; older records without a status count as completed once they
     hold a validation loss."""
