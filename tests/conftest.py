@@ -64,3 +64,15 @@ def ckpt(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("ckpt")
     run("train.py", *SHORT, f"hydra.run.dir={tmp / 'run'}", f"paths.cache_dir={tmp / 'cache'}")
     return tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory):
+    """The run directory and token cache of a run of tests.test_resume.RESUMABLE left alone: what
+    the resume and SLURM tests' interrupted runs are compared with."""
+    from tests.test_resume import RESUMABLE
+    from tests.test_train_cli import run
+
+    tmp = tmp_path_factory.mktemp("full")
+    run("train.py", *RESUMABLE, f"hydra.run.dir={tmp / 'r'}", f"paths.cache_dir={tmp / 'cache'}")
+    return tmp / "r", tmp / "cache"

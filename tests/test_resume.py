@@ -58,13 +58,6 @@ def start_and_kill(run_dir, sig, cache, after_step=30, extra=()):
     return checkpoint_step(last), proc.wait(timeout=120)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("full")
-    run("train.py", *RESUMABLE, f"hydra.run.dir={tmp / 'r'}", f"paths.cache_dir={tmp / 'cache'}")
-    return tmp / "r", tmp / "cache"
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_killed_run_resumes_with_identical_losses(uninterrupted, tmp_path, sig):
     full, cache = uninterrupted

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tests.test_resume import RESUMABLE, STEPS, checkpoint_step, logged, uninterrupted  # noqa: F401
+from tests.test_resume import RESUMABLE, STEPS, checkpoint_step, logged
 
 # A stand-in for SLURM's scontrol: it records its arguments, then ends the job as a requeue does.
 SCONTROL = """#!/bin/sh
