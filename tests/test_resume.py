@@ -12,9 +12,12 @@ import time
 import pytest
 import torch
 
+from lmlab.errors import UserError
 from lmlab.resume import AtomicCheckpointIO
 from lmlab.run_record import job_status
+from lmlab.validate import check_config
 from tests.conftest import ROOT
+from tests.test_errors_config import job_cfg
 from tests.test_train_cli import FAST, run
 
 STEPS = 120
@@ -87,11 +90,10 @@ def test_a_signalled_run_exits_non_zero_and_records_the_interruption(uninterrupt
 def test_resuming_with_another_length_is_refused_unless_extended(uninterrupted, tmp_path):
     full, cache = uninterrupted
     ckpt = full / "checkpoints" / "last.ckpt"
-    proc = run("train.py", *RESUMABLE, "trainer.max_steps=130", f"ckpt_path={ckpt}",
-               f"hydra.run.dir={tmp_path / 'x'}", f"paths.cache_dir={cache}", check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"lmlab: error: trainer.max_steps: the checkpoint's run was planned for {STEPS} steps, "
+    with pytest.raises(UserError) as err:  # by the config check, before the data and model are built
+        check_config(job_cfg(tmp_path, *RESUMABLE, "trainer.max_steps=130", f"ckpt_path={ckpt}"))
+    assert str(err.value) == (
+        f"trainer.max_steps: the checkpoint's run was planned for {STEPS} steps, "
         f"not 130; resume with trainer.max_steps={STEPS}, or add module.extend=true to decay "
         f"the LR from step {STEPS} to the new end")
     run("train.py", *RESUMABLE, "trainer.max_steps=130", "module.extend=true", f"ckpt_path={ckpt}",
