@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lmlab.errors import CheckpointSaveError
+from lmlab.requeue import has_hpc_checkpoint, last_checkpoint, slurm_requeued
 
 
 def requeued_checkpoint(run_dir: Path) -> str | None:
@@ -27,10 +28,10 @@ def requeued_checkpoint(run_dir: Path) -> str | None:
     HPC checkpoint exists, None: Lightning loads that one itself."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    if not SLURMEnvironment.detect() or int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
+    if not SLURMEnvironment.detect() or not slurm_requeued():
         return None
-    last = Path(run_dir) / "checkpoints" / "last.ckpt"
-    if list(Path(run_dir).glob("hpc_ckpt_*.ckpt")) or not last.is_file():
+    last = last_checkpoint(run_dir)
+    if has_hpc_checkpoint(run_dir) or not last.is_file():
         return None
     return str(last)
 

@@ -131,11 +131,10 @@ def check_no_unresumed_checkpoint(run_dir: str | Path) -> None:
     resumes from an HPC checkpoint there by itself, and a requeued SLURM job from ``last.ckpt``
     (lmlab.resume.requeued_checkpoint), so those starts are resumes."""
     from lmlab.errors import UserError
+    from lmlab.requeue import has_hpc_checkpoint, last_checkpoint, slurm_requeued
 
-    run_dir = Path(run_dir)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
-    if last.is_file() and not requeued and not any(run_dir.glob("hpc_ckpt_*.ckpt")):
+    last = last_checkpoint(run_dir)
+    if last.is_file() and not slurm_requeued() and not has_hpc_checkpoint(run_dir):
         raise UserError(f"{run_dir} holds the checkpoints of an unfinished run; starting afresh "
                         f"would overwrite them: resume it with ckpt_path={last}, or choose another "
                         f"hydra.run.dir")
