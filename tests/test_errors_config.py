@@ -181,6 +181,8 @@ BAD = [
     (["sample.top_k=-5"], "sample.top_k=-5: must be an integer >= 0 or null"),
     (["sample.max_new_tokens=-1"], "sample.max_new_tokens=-1: must be an integer >= 0"),
     (["sample.prompt="], "sample.prompt='': must be non-empty text"),
+    (["sample.prompt=null"], "sample.prompt=None: must be non-empty text"),  # crashed after training
+    (["sample.prompt=[a]"], "sample.prompt=['a']: must be non-empty text"),
     (["trainer=fsdp", "trainer.accelerator=cpu", "module/optimizer=muon"],
      "module/optimizer=muon with trainer=fsdp: Muon orthogonalizes whole matrices"),
     (["module.optimizer.ns_dtype=half"],

@@ -13,7 +13,8 @@ from lmlab.data.tokenizer import get_tokenizer
 from lmlab.errors import UserError
 from lmlab.model.transformer import Transformer
 from lmlab.sampling import sample_text, sample_tokens
-from lmlab.validate import check_sampling, prompt_texts, stop_strings
+from lmlab.prompts import prompt_texts, stop_strings
+from lmlab.validate import check_sampling
 from tests.conftest import TINY, compose_cfg, model_cfg
 from tests.test_errors_config import refused
 from tests.test_train_cli import run
@@ -30,6 +31,7 @@ from tests.test_train_cli import run
     ("device=tpu", "device='tpu': unknown; valid choices: auto, cpu, cuda, cuda:<index>, mps"),
     ("tokenizer=gpt4", "tokenizer: unknown tokenizer 'gpt4'; valid choices: gpt2"),
     ('prompts=[ROMEO:,""]', "prompts=['ROMEO:', '']: each prompt must be non-empty text"),
+    ("prompts=5", "prompts=5: each prompt must be non-empty text"),  # was a TypeError traceback
 ])
 def test_generate_py_refuses_before_loading_the_checkpoint(override, message, tmp_path):
     # the checkpoint does not exist: the arguments are checked first, in one line
@@ -67,6 +69,22 @@ def test_prompts_typed_on_a_command_line_are_unescaped():
     cfg = compose_cfg(["ckpt_path=x", 'prompts=["A:\\tB","C\\\\n"]'], name="generate")
     assert prompt_texts(cfg.prompt, cfg.prompts) == ["A:\tB", "C\\n"]
     assert prompt_texts("x", "JULIET:") == ["JULIET:"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("prompt=null", "prompt=None: must be non-empty text"),  # was sampled after the text 'None'
+    ("prompt=[a,b]", "prompt=['a', 'b']: must be non-empty text"),  # after the text "['a', 'b']"
+    ("prompts=[]", "prompts=[]: each prompt must be non-empty text"),  # was the one prompt instead
+    ("prompts={a:1}", "prompts={'a': 1}: each prompt must be non-empty text"),  # was prompt 'a'
+    ("prompts=[[1,2]]", "prompts=[[1, 2]]: each prompt must be non-empty text"),
+])
+def test_a_prompt_that_is_not_text_is_refused(override, message):
+    cfg = compose_cfg(["ckpt_path=x", override], name="generate")
+    with pytest.raises(UserError) as err:
+        prompt_texts(cfg.prompt, cfg.prompts)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    cfg = compose_cfg(["ckpt_path=x", "prompt=1984", "prompts=null"], name="generate")
+    assert prompt_texts(cfg.prompt, cfg.prompts) == ["1984"]  # a number typed is its text
 
 
 @pytest.mark.parametrize("script, key, suggestion", [

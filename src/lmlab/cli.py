@@ -20,10 +20,10 @@ from lmlab.extrapolation import check_factors
 from lmlab.hardware import reuse_freed_memory
 from lmlab.job import train as run_job
 from lmlab.overrides import check_argv, finished_run_message
+from lmlab.prompts import prompt_texts, stop_strings
 from lmlab.sampling import sample_texts
 from lmlab.sweep_check import single_run_note
-from lmlab.validate import (check_device, check_sampling, check_tokenizer_fits, check_value, prompt_texts,
-                            stop_strings, tokenizer_size)
+from lmlab.validate import check_device, check_sampling, check_tokenizer_fits, check_value, tokenizer_size
 
 CONF_DIR = conf_dir()
 
@@ -86,8 +86,7 @@ def _generate(cfg: DictConfig) -> None:
     With ``stream`` and a single sequence, its tokens are printed as they are produced."""
     try:
         prompts = prompt_texts(cfg.prompt, cfg.get("prompts"))
-        for prompt in prompts:
-            check_sampling("", cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, prompt)
+        check_sampling("", cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
         check_value("num_samples", cfg.num_samples, 1, True, False)
         check_choice("compile", cfg.compile, (True, False, None))
         stop = stop_strings(cfg.stop)

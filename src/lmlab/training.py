@@ -19,12 +19,12 @@ from lmlab.errors import Diverged, UserError
 from lmlab.evaluation import score, summary
 from lmlab.hardware import peak_memory_bytes, peak_memory_kind, reset_peak_memory
 from lmlab.loggers import WandbRuns, make_loggers
+from lmlab.prompts import prompt_text
 from lmlab.resume import AtomicCheckpointIO, CsvHistory, RNGState, StepBoundarySignals, requeued_checkpoint
 from lmlab.run_limits import stopped_by, sweep_time_limit, tokens_per_step
 from lmlab.run_record import hydra_job, start_record, write_record
 from lmlab.sampling import sample_text
 from lmlab.throughput import ThroughputMeter
-from lmlab.validate import unescape
 
 log = logging.getLogger("lmlab")
 
@@ -152,7 +152,8 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     if trainer.is_global_zero:
         s = cfg.sample
         if s and s.max_new_tokens:
-            text = sample_text(module.model, cfg.data.tokenizer, unescape(s.prompt), seed=cfg.seed,
+            prompt = prompt_text("sample.prompt", s.prompt)
+            text = sample_text(module.model, cfg.data.tokenizer, prompt, seed=cfg.seed,
                                max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                                top_k=s.top_k, top_p=s.top_p)
             (out_dir / "sample.txt").write_text(text)

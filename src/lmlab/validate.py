@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +19,7 @@ from lmlab.checks import is_int, is_number
 from lmlab.config import conf_dir
 from lmlab.errors import UserError
 from lmlab.extrapolation import check_factors
+from lmlab.prompts import prompt_text
 from lmlab.trainer_checks import check_trainer
 
 log = logging.getLogger("lmlab")
@@ -85,41 +85,8 @@ def check_sampling(key: str, max_new_tokens, temperature, top_k, top_p, prompt=N
         ok = is_number(top_p) and 0 < top_p <= 1
         if not ok:
             raise UserError(f"{at}top_p={top_p!r}: must be in (0, 1] or null (no nucleus filter)")
-    if prompt is not None and str(prompt) == "":
-        raise UserError(f"{at}prompt={prompt!r}: must be non-empty text "
-                        f"(prompt='<|endoftext|>' samples unconditionally)")
-
-
-ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}  # what a backslash before these stands for
-
-
-def unescape(text: str) -> str:
-    """``\\n``, ``\\t`` and ``\\\\`` in text typed on a command line, decoded. Hydra passes
-    ``prompt="ROMEO:\\n"`` through as a backslash and an n; prompts and stop strings mean a newline."""
-    return re.sub(r"\\([nt\\])", lambda m: ESCAPES[m.group(1)], text)
-
-
-def prompt_texts(prompt, prompts) -> list[str]:
-    """generate.py's prompts: ``prompts`` if set (one string alone counts as a list of one), else
-    ``[prompt]``, each unescaped."""
-    chosen = [prompts] if isinstance(prompts, str) else prompts or [prompt]
-    if prompts and any(str(p) == "" for p in chosen):
-        raise UserError(f"prompts={list(chosen)!r}: each prompt must be non-empty text")
-    return [unescape(str(p)) for p in chosen]
-
-
-def stop_strings(stop) -> list[str]:
-    """generate.py's ``stop``: a list of non-empty strings (one string alone counts as a list of
-    one), unescaped; an empty string would end every sample at once. ``'stop=["\\n\\n"]'`` ends
-    a sample at a blank line."""
-    if stop is None:
-        return []
-    strings = [stop] if isinstance(stop, str) else stop
-    is_list = isinstance(strings, Sequence)
-    if not is_list or not all(isinstance(x, str) and x for x in strings):
-        shown = list(strings) if is_list else strings
-        raise UserError(f"stop={shown!r}: must be a list of non-empty strings, e.g. 'stop=[\"\\n\\n\"]'")
-    return [unescape(x) for x in strings]
+    if prompt is not None:
+        prompt_text(f"{at}prompt", prompt)
 
 
 def tokenizer_size(key: str, name: str) -> int:
@@ -203,7 +170,8 @@ def check_config(cfg: DictConfig, here: bool = True) -> None:
     sample = plain.get("sample") or {}
     if sample.get("max_new_tokens"):
         check_sampling("sample", sample["max_new_tokens"], sample.get("temperature", 1.0),
-                       sample.get("top_k"), sample.get("top_p"), sample.get("prompt"))
+                       sample.get("top_k"), sample.get("top_p"))
+        prompt_text("sample.prompt", sample.get("prompt"))
     from lmlab.checkpoint import check_fits, read_checkpoint
     from lmlab.model import Transformer
 
