@@ -158,6 +158,15 @@ def test_train_on_your_own_text_file(tmp_path):
     assert metrics["val_loss"] < 10.8
 
 
+def test_fast_dev_run_is_recorded_as_completed_and_leaves_no_checkpoint(tmp_path, cache_dir):
+    """debug=fast_dev_run, one batch of each loop: its record stayed 'running' and Lightning
+    still wrote checkpoints/last.ckpt, so running it again in place was refused as an unresumed run."""
+    argv = [*FAST, "debug=fast_dev_run", f"hydra.run.dir={tmp_path / 'r'}", f"paths.cache_dir={cache_dir}"]
+    run("train.py", *argv)
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["status"] == "completed"
+    assert not list((tmp_path / "r").glob("checkpoints/*"))
+
+
 # DDP: tests/test_ddp.py
 
 

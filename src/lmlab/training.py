@@ -139,7 +139,9 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     last_val = trainer.callback_metrics.get("val/loss")
     if last_val is not None:  # the last validation during training
         metrics.update(final_val_loss=float(last_val), final_val_ppl=math.exp(float(last_val)))
-    if trainer.fast_dev_run:
+    if trainer.fast_dev_run:  # one batch of each loop: no best checkpoint to score or sample
+        if trainer.is_global_zero:
+            write_record(out_dir, {**metrics, "finished": time.time()})
         return metrics
     if is_sharded(trainer):  # the module holds flat parameter shards now: it cannot reload the
         # best checkpoint nor sample; a single process does both from checkpoints/*.ckpt
