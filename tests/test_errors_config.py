@@ -134,6 +134,12 @@ def test_report_refuses_a_directory_without_jobs_and_writes_nothing(tmp_path):
     (["trainer.max_steps=ten"], "trainer.max_steps='ten': must be a number (like its default, 400)"),
     (["module.betas=0.9"], None),  # a list default takes anything here; the optimizer checks it
     (["model.n_layer=3"], "unknown config key 'model.n_layer'; did you mean 'model.n_layers'?"),
+    # Hydra's several lines ending in YAML advice ('override experiment: ablate_norm')
+    (["hparams_search=lr_width_optuna"], "hparams_search=lr_width_optuna: hparams_search is not in "
+                                         "train.yaml's defaults; add it with +hparams_search=lr_width_optuna"),
+    (["-m", "hparams_search=lr_width_optuna"], "hparams_search=lr_width_optuna: hparams_search is not"),
+    (["+experiment=ablate_norm"], "+experiment=ablate_norm: experiment is already in train.yaml's "
+                                  "defaults; choose it with experiment=ablate_norm"),
 ])
 def test_command_line_errors_named_before_hydra_runs(overrides, message):
     err = check_argv(conf_dir(), "train", overrides)

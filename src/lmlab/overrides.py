@@ -12,7 +12,7 @@ import difflib
 import re
 from pathlib import Path
 
-from hydra.errors import MissingConfigException
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.errors import check_choice
@@ -71,9 +71,27 @@ def check_argv(config_dir: str, config_name: str, argv: list[str]) -> str | None
         except ValueError as choice:
             return str(choice)
         return None
+    except ConfigCompositionException as err:  # Hydra's lines end in YAML advice
+        return defaults_list_message(str(err), config_name)
     except Exception:  # bad override syntax: Hydra's own error says it best
         return None
     return unknown_key_message(cfg, keys) or wrong_type_message(cfg, keys)
+
+
+def defaults_list_message(error: str, config_name: str) -> str | None:
+    """One line for a group choice Hydra cannot place in the defaults list, or None: a group
+    with no default typed without ``+`` (``hparams_search=lr_width_optuna``), or one with a
+    default typed with it (``+experiment=ablate_norm``)."""
+    if m := re.match(r"Could not override '([\w/]+)'.*\n.* use \+(\S+)", error, re.S):
+        group, choice = m.groups()
+        return (f"{choice}: {group} is not in {config_name}.yaml's defaults; "
+                f"add it with +{choice}")
+    multiple = r"Multiple values for ([\w/]+)\. To override a value use 'override \S+ (\S+)'"
+    if m := re.match(multiple, error):
+        group, option = m.groups()
+        return (f"+{group}={option}: {group} is already in {config_name}.yaml's defaults; "
+                f"choose it with {group}={option}")
+    return None
 
 
 MORE_THAN_NUMBERS = ("trainer.devices",)  # a count by default, also `auto` or a list of indices
