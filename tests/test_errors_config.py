@@ -181,6 +181,9 @@ BAD = [
     (["data.batch_size=0"], "data.batch_size=0: must be an integer >= 1"),
     (["data.batch_size=-4"], "data.batch_size=-4: must be an integer >= 1"),
     (["data.val_windows=0"], "data.val_windows=0: must be an integer >= 1 or null"),
+    # a fraction past 1 held out the text's last part all the same (1.5: its last half)
+    (["data.val_fraction=1.5"], "data.val_fraction=1.5: must be a number in (0, 1), e.g. 0.1"),
+    (["data.val_fraction=0"], "data.val_fraction=0: must be a number in (0, 1)"),
     (["sample.temperature=-1"], "sample.temperature=-1: must be a number >= 0"),
     (["sample.top_p=0"], "sample.top_p=0: must be in (0, 1]"),
     (["sample.top_p=1.5"], "sample.top_p=1.5: must be in (0, 1]"),

@@ -163,6 +163,9 @@ def check_config(cfg: DictConfig, here: bool = True) -> None:
         check_budget(plain.get("budget") or {}, plain["model"], conf_dir())
     except ValueError as err:
         raise UserError(str(err)) from None
+    fraction = (plain.get("data") or {}).get("val_fraction")  # 1.5 held out the last half
+    if fraction is not None and not (is_number(fraction) and 0 < fraction < 1):
+        raise UserError(f"data.val_fraction={fraction!r}: must be a number in (0, 1), e.g. 0.1")
     tokenizer, vocab = (plain.get("data") or {}).get("tokenizer"), plain["model"]["vocab_size"]
     if tokenizer and vocab < (n := tokenizer_size("data.tokenizer", tokenizer)):
         raise UserError(f"model.vocab_size={vocab} is smaller than data.tokenizer={tokenizer}'s "
