@@ -97,12 +97,18 @@ def test_a_misspelt_key_is_refused_in_one_line(script, key, suggestion, tmp_path
 
 
 @pytest.mark.parametrize("script, options", [
-    ("generate.py", ["compile: null", "max_new_tokens: 200", "top_p: null"]),
+    # the default prompt as it is typed (it read 'ROMEO:, a blank line, then a quote)
+    ("generate.py", ["compile: null", "max_new_tokens: 200", "top_p: null", "prompt: ROMEO:\\n\n"]),
     ("evaluate.py", ["extrapolate=[1]", "split=auto"])])
 def test_help_describes_the_script_itself(script, options):
     out = run(script, "--help").stdout
     assert f"python {script} ckpt_path=PATH" in out and "python train.py" not in out
     assert all(option in out for option in options), out
+
+
+def test_the_default_prompt_ends_with_a_newline():
+    cfg = compose_cfg(["ckpt_path=x"], name="generate")
+    assert prompt_texts(cfg.prompt, cfg.prompts) == ["ROMEO:\n"]
 
 
 @pytest.mark.parametrize("kwargs, message", [
