@@ -140,6 +140,14 @@ def test_report_refuses_a_directory_without_jobs_and_writes_nothing(tmp_path):
     (["-m", "hparams_search=lr_width_optuna"], "hparams_search=lr_width_optuna: hparams_search is not"),
     (["+experiment=ablate_norm"], "+experiment=ablate_norm: experiment is already in train.yaml's "
                                   "defaults; choose it with experiment=ablate_norm"),
+    # an AttributeError traceback in the job, and Hydra's 'Cannot merge DictConfig with ListConfig'
+    (["model.attention=5"], "model.attention=5: model.attention is a section of keys (n_kv_heads, "
+                            "kernel, qkv_bias, qk_norm, window), not one value; set one of them, "
+                            "e.g. model.attention.n_kv_heads=..."),
+    (["sample=3"], "sample=3: sample is a section of keys (prompt, max_new_tokens"),
+    (["module.betas={a:1}"], "module.betas={'a': 1}: must be a list (like its default, [0.9, 0.95])"),
+    (["sample=null"], None),  # no sample at the end of training
+    (["model.attention={kernel:sdpa}"], None),
 ])
 def test_command_line_errors_named_before_hydra_runs(overrides, message):
     err = check_argv(conf_dir(), "train", overrides)

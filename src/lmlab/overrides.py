@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lmlab.errors import check_choice
 
@@ -115,12 +115,28 @@ def wrong_type_message(cfg: DictConfig, overrides: list[str]) -> str | None:
         value = override.value()
         if isinstance(value, str) and "${" in value:  # resolved (and checked) in the job
             continue
+        if (message := shape_message(key, node, value)) is not None:
+            return message
         if isinstance(node, bool):
             if not isinstance(value, bool):
                 return f"{key}={value!r}: must be true or false"
         elif isinstance(node, (int, float)) and key not in MORE_THAN_NUMBERS:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 return f"{key}={value!r}: must be a number (like its default, {node!r})"
+    return None
+
+
+def shape_message(key: str, node, value) -> str | None:
+    """The error for one value given to a section of keys (``model.attention=5``, a traceback
+    in the job) or a mapping given to a list (``module.betas={a:1}``, Hydra's lines), or None;
+    null, which switches a section such as ``sample`` off, is left alone."""
+    if isinstance(node, DictConfig) and value is not None and not isinstance(value, dict):
+        keys = [str(k) for k in node.keys() if not str(k).startswith("_")]  # not _target_
+        return (f"{key}={value!r}: {key} is a section of keys ({', '.join(keys)}), not one value; "
+                f"set one of them, e.g. {key}.{keys[0]}=..." if keys else
+                f"{key}={value!r}: {key} is a section of keys, not one value")
+    if isinstance(node, ListConfig) and isinstance(value, dict):
+        return f"{key}={value!r}: must be a list (like its default, {list(node)!r})"
     return None
 
 
