@@ -147,6 +147,8 @@ def test_report_refuses_a_directory_without_jobs_and_writes_nothing(tmp_path):
     (["sample=3"], "sample=3: sample is a section of keys (prompt, max_new_tokens"),
     (["module.betas={a:1}"], "module.betas={'a': 1}: must be a list (like its default, [0.9, 0.95])"),
     (["sample=null"], None),  # no sample at the end of training
+    (["model=3"], "model: unknown 3; valid choices: gpt2, llama, mixtral, tiny, tiny_llama"),  # a traceback
+    (["+x=3", "model={a:1}"], "model: unknown {'a': 1}; valid choices: gpt2"),  # 'add it with +model'
     (["model.attention={kernel:sdpa}"], None),
 ])
 def test_command_line_errors_named_before_hydra_runs(overrides, message):

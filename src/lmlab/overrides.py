@@ -71,11 +71,28 @@ def check_argv(config_dir: str, config_name: str, argv: list[str]) -> str | None
         except ValueError as choice:
             return str(choice)
         return None
-    except ConfigCompositionException as err:  # Hydra's lines end in YAML advice
-        return defaults_list_message(str(err), config_name)
+    except (ConfigCompositionException, ValueError) as err:  # a group choice: Hydra's lines
+        # end in YAML advice, or a number as a group's option is a traceback
+        return group_choice_message(config_dir, others) or defaults_list_message(str(err), config_name)
     except Exception:  # bad override syntax: Hydra's own error says it best
         return None
     return unknown_key_message(cfg, keys) or wrong_type_message(cfg, keys)
+
+
+def group_choice_message(config_dir: str, overrides: list[str]) -> str | None:
+    """The error for the first group choice that is not an option's name (``model=3``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(overrides):
+        group, value = override.key_or_group, override.value()
+        if isinstance(value, str) or override.is_sweep_override() or not Path(config_dir, group).is_dir():
+            continue
+        options = sorted(f.stem for f in Path(config_dir, group).glob("*.yaml"))
+        try:
+            check_choice(group, value, options)
+        except ValueError as choice:
+            return str(choice)
+    return None
 
 
 def defaults_list_message(error: str, config_name: str) -> str | None:
