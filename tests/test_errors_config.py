@@ -150,6 +150,7 @@ def test_report_refuses_a_directory_without_jobs_and_writes_nothing(tmp_path):
     (["model=3"], "model: unknown 3; valid choices: gpt2, llama, mixtral, tiny, tiny_llama"),  # a traceback
     (["+x=3", "model={a:1}"], "model: unknown {'a': 1}; valid choices: gpt2"),  # 'add it with +model'
     (["model.attention={kernel:sdpa}"], None),
+    (["trainer=fsdp", "trainer.strategy=ddp"], None),  # a Lightning strategy's name
 ])
 def test_command_line_errors_named_before_hydra_runs(overrides, message):
     err = check_argv(conf_dir(), "train", overrides)

@@ -1,5 +1,6 @@
 """Friendlier errors for the command line, checked before Hydra starts the run: a misspelt key, an
-unknown group option, a value of the wrong type, a run directory holding a finished run.
+unknown group option, a group choice with or without ``+`` where the defaults list wants the
+other, a value of the wrong type or shape, a run directory holding a finished run.
 
 Hydra refuses ``model.n_layer=3`` with "Key 'n_layer' is not in struct" and ``model=nope`` with a
 page listing its search path; these say it in one line. Sweeps, override syntax and Hydra's own
@@ -112,6 +113,7 @@ def defaults_list_message(error: str, config_name: str) -> str | None:
 
 
 MORE_THAN_NUMBERS = ("trainer.devices",)  # a count by default, also `auto` or a list of indices
+MORE_THAN_SECTIONS = ("trainer.strategy",)  # trainer=fsdp's is a section; Lightning takes names too
 
 
 def wrong_type_message(cfg: DictConfig, overrides: list[str]) -> str | None:
@@ -147,6 +149,8 @@ def shape_message(key: str, node, value) -> str | None:
     """The error for one value given to a section of keys (``model.attention=5``, a traceback
     in the job) or a mapping given to a list (``module.betas={a:1}``, Hydra's lines), or None;
     null, which switches a section such as ``sample`` off, is left alone."""
+    if key in MORE_THAN_SECTIONS:
+        return None
     if isinstance(node, DictConfig) and value is not None and not isinstance(value, dict):
         keys = [str(k) for k in node.keys() if not str(k).startswith("_")]  # not _target_
         return (f"{key}={value!r}: {key} is a section of keys ({', '.join(keys)}), not one value; "
