@@ -32,6 +32,7 @@ from tests.test_train_cli import run
     ("tokenizer=gpt4", "tokenizer: unknown tokenizer 'gpt4'; valid choices: gpt2"),
     ('prompts=[ROMEO:,""]', "prompts=['ROMEO:', '']: each prompt must be non-empty text"),
     ("prompts=5", "prompts=5: each prompt must be non-empty text"),  # was a TypeError traceback
+    ("seed=1.5", "seed=1.5: must be an integer >= 0"),  # a traceback once the checkpoint was read
 ])
 def test_generate_py_refuses_before_loading_the_checkpoint(override, message, tmp_path):
     # the checkpoint does not exist: the arguments are checked first, in one line

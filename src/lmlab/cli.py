@@ -88,6 +88,7 @@ def _generate(cfg: DictConfig) -> None:
         prompts = prompt_texts(cfg.prompt, cfg.get("prompts"))
         check_sampling("", cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
         check_value("num_samples", cfg.num_samples, 1, True, False)
+        check_value("seed", cfg.seed, 0, True, False)  # as train.py's
         check_choice("compile", cfg.compile, (True, False, None))
         stop = stop_strings(cfg.stop)
         check_device(cfg.device)
