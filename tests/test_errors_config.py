@@ -151,6 +151,8 @@ def test_report_refuses_a_directory_without_jobs_and_writes_nothing(tmp_path):
     (["+x=3", "model={a:1}"], "model: unknown {'a': 1}; valid choices: gpt2"),  # 'add it with +model'
     (["model.attention={kernel:sdpa}"], None),
     (["trainer=fsdp", "trainer.strategy=ddp"], None),  # a Lightning strategy's name
+    # `job` was taken for an override: the command line went unchecked, to Hydra's own error
+    (["--cfg", "job", "model.n_layer=3"], "unknown config key 'model.n_layer'; did you mean"),
 ])
 def test_command_line_errors_named_before_hydra_runs(overrides, message):
     err = check_argv(conf_dir(), "train", overrides)

@@ -56,7 +56,7 @@ def check_argv(config_dir: str, config_name: str, argv: list[str]) -> str | None
 
     from hydra import compose, initialize_config_dir
 
-    overrides = [a for a in argv if not a.startswith("-")]
+    overrides = override_args(argv)
     keys = [a for a in overrides if _KEY.match(a)
             and not os.path.isdir(os.path.join(config_dir, _KEY.match(a).group(1)))]
     others = [a for a in overrides if a not in keys]  # group choices, +x, ~x
@@ -78,6 +78,17 @@ def check_argv(config_dir: str, config_name: str, argv: list[str]) -> str | None
     except Exception:  # bad override syntax: Hydra's own error says it best
         return None
     return unknown_key_message(cfg, keys) or wrong_type_message(cfg, keys)
+
+
+FLAG_VALUES = ("--cfg", "-c", "--package", "-p")  # Hydra's flags whose value is the next argument
+INFO_VALUES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")  # --info's
+
+
+def override_args(argv: list[str]) -> list[str]:
+    """The overrides of a command line: Hydra's flags and their values (``--cfg job``) left out."""
+    return [a for i, a in enumerate(argv) if not a.startswith("-")
+            and not (i and argv[i - 1] in FLAG_VALUES)
+            and not (i and argv[i - 1] in ("--info", "-i") and a in INFO_VALUES)]
 
 
 def group_choice_message(config_dir: str, overrides: list[str]) -> str | None:
