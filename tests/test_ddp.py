@@ -65,6 +65,7 @@ def test_multirun_with_ddp_runs_each_job_in_its_own_directory(tmp_path):
     for job in ("0", "1"):
         record = json.loads((sweep / job / "metrics.json").read_text())
         assert record["status"] == "completed" and record["world_size"] == 2
+        assert record["max_time"] is None  # a sweep's arm, not a single run: no 8:45 limit
         assert record["variant"] == [f"seed={job}"]
         losses.append(logged(sweep / job, "train/loss")[0])
     assert losses[0] != losses[1]  # two seeds, two runs

@@ -91,3 +91,19 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path):
     assert ckpts == ["best-step2.ckpt", "last.ckpt"]  # no temp file left behind
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_a_sweep_rerun_over_an_interrupted_job_is_refused(tmp_path):
+    """A sweep stopped by Ctrl-C, rerun with the same hydra.sweep.dir, started its interrupted job
+    afresh over its checkpoints (last-v1.ckpt beside last.ckpt, the record and CSV replaced)."""
+    sweep = tmp_path / "sweep"
+    for job, status in (("0", "interrupted"), ("1", "failed")):
+        (sweep / job / "checkpoints").mkdir(parents=True)
+        (sweep / job / "metrics.json").write_text(json.dumps({"status": status}))
+    assert finished_run_message(["-m", f"hydra.sweep.dir={sweep}"]) is None  # no checkpoint: a rerun loses nothing
+    last = sweep / "0" / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"weights")
+    assert finished_run_message(["-m", "seed=0,1", f"hydra.sweep.dir={sweep}"]) == (
+        f"{sweep / '0'} holds the checkpoints of an unfinished run; starting afresh would overwrite "
+        f"them: resume that job alone (its overrides, hydra.run.dir={sweep / '0'} ckpt_path={last}), "
+        "or choose another hydra.sweep.dir")

@@ -180,3 +180,25 @@ def test_documents_that_all_fall_in_val_are_not_called_an_empty_corpus(tmp_path)
             f"--val-fraction: every document of '{source}' fell in the held-out 0.9999; lower "
             "--val-fraction or give more documents")):
         prepare(str(source), str(tmp_path / "out"), val_fraction=0.9999)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "saved"])
+def test_a_column_that_does_not_hold_text_is_refused_before_the_workers(tmp_path, kind):
+    """`--column id` (numbers) crashed each worker with "'int' object has no attribute 'encode'"."""
+    rows = {"id": list(range(len(DOCS))), "text": DOCS}
+    src = tmp_path / f"src.{kind}"
+    if kind == "jsonl":
+        src.write_text("".join(json.dumps({"id": i, "text": d}) + "\n" for i, d in enumerate(DOCS)))
+    elif kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table(rows), src)
+    else:
+        from datasets import Dataset
+
+        Dataset.from_dict(rows).save_to_disk(str(src))
+    with pytest.raises(ValueError, match=re.escape(f"--column: 'id' of {src} does not hold text; "
+                                                   "valid choices: text")):
+        prepare(str(src), str(tmp_path / "out"), column="id")
+    assert not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -237,3 +238,15 @@ def test_a_job_resumed_in_place_stays_in_its_arm(sweep):
     resumed = yaml.safe_load(overrides.read_text()) + ["ckpt_path=/runs/4/last.ckpt", "module.extend=true"]
     overrides.write_text(yaml.safe_dump(resumed))
     assert rows() == before and len(before) == 4
+
+
+def test_a_sweep_with_only_running_jobs_plots_without_a_warning(tmp_path):
+    """The report on a sweep whose first job is still running printed matplotlib's "No artists
+    with labels found to put in legend" (its curve is drawn dashed, without a label)."""
+    write_job(tmp_path / "sweep", 0, ["seed=0"], 5.0, status="running")
+    arms, _, _ = group_arms(load_jobs(tmp_path / "sweep"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = val_loss_figure(arms)
+    assert len(fig.axes[0].get_lines()) == 1 and fig.axes[0].get_legend() is None
+    plt.close(fig)

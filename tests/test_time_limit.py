@@ -40,3 +40,25 @@ def test_a_time_limited_arm_is_flagged_and_left_out_of_the_verdicts(tmp_path, ca
     assert "time-limited" in rows[arm]["flags"] and "fewer steps (" in rows[arm]["flags"]
     assert rows[arm]["verdict"] == "excluded (flagged)"
     assert rows["trainer.max_time=null"]["verdict"] == "baseline"
+
+
+def test_a_sweep_job_run_as_a_ddp_child_has_no_default_time_limit(tmp_path, monkeypatch):
+    """-m + DDP runs each job as a single run in a child process (lmlab.multirun_ddp), which kept
+    the single run's max_time: every DDP arm of a sweep was cut at 8:45."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from lmlab import multirun_ddp
+
+    def child_max_time(overrides: list[str]):
+        cfg = compose_cfg(["trainer=ddp", *overrides, f"paths.output_dir={tmp_path}"])
+        cfg.hydra.runtime.cwd = str(tmp_path)
+        monkeypatch.setattr(HydraConfig.instance(), "cfg", cfg)  # as in a job; undone after
+        calls = []
+        monkeypatch.setattr(multirun_ddp.subprocess, "run",
+                            lambda cmd, **kw: calls.append(cmd) or type("P", (), {"returncode": 0}))
+        multirun_ddp.run_as_child(cfg.copy())
+        child = [o for o in calls[0][3:] if not o.startswith("hydra.")]
+        return compose_cfg(child).trainer.max_time
+
+    assert child_max_time(["seed=1"]) is None
+    assert child_max_time(["trainer.max_time=00:00:01:00"]) == "00:00:01:00"

@@ -41,7 +41,7 @@ def run_as_child(cfg: DictConfig) -> float | None:
     from hydra.utils import get_original_cwd
 
     job, job_dir = hydra_job(), Path(cfg.paths.output_dir)
-    cmd = [sys.executable, "-m", "lmlab", *HydraConfig.get().overrides.task,
+    cmd = [sys.executable, "-m", "lmlab", *child_overrides(list(HydraConfig.get().overrides.task)),
            f"hydra.run.dir={job_dir}", "hydra.output_subdir=.hydra_single_run"]
     proc = subprocess.run(cmd, cwd=get_original_cwd())
     record = {**read_record(job_dir), "overrides": job["overrides"], "variant": job["variant"]}
@@ -50,6 +50,15 @@ def run_as_child(cfg: DictConfig) -> float | None:
         raise ChildRunFailed(record.get("error") if job_status(record) in ("failed", "interrupted")
                              else f"the job's run exited with status {proc.returncode}; see {job_dir}")
     return record.get("val_loss")
+
+
+def child_overrides(task: list[str]) -> list[str]:
+    """The job's overrides for its child run. The child is a single run, which keeps the default
+    ``trainer.max_time``; a sweep's jobs drop it (lmlab.run_limits.sweep_time_limit), so the child
+    is told to unless the command line set it."""
+    if any(o.split("=", 1)[0].lstrip("+~") == "trainer.max_time" for o in task):
+        return task
+    return [*task, "trainer.max_time=null"]
 
 
 class ChildRunFailed(RuntimeError):

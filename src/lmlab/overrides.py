@@ -180,8 +180,9 @@ def _is_interpolation(cfg: DictConfig, key: str) -> bool:
 
 def finished_run_message(argv: list[str]) -> str | None:
     """The error for ``hydra.run.dir=<dir>`` (or, with -m, ``hydra.sweep.dir=<dir>``) naming a
-    directory that already holds a finished run, or (one run, not resumed with ``ckpt_path``) an
-    unfinished run's checkpoints; else None. The default directories are new (lmlab.run_dirs)."""
+    directory that already holds a finished run, or an unfinished run's checkpoints (one run not
+    resumed with ``ckpt_path``, or a job of the sweep); else None. The default directories are
+    new (lmlab.run_dirs)."""
     from lmlab.errors import UserError
     from lmlab.run_record import RECORD_FILE, check_no_unresumed_checkpoint, check_not_finished
 
@@ -195,6 +196,8 @@ def finished_run_message(argv: list[str]) -> str | None:
             try:
                 for d in dirs:
                     check_not_finished(d)
+                    if multirun:  # a job the sweep would start afresh over its checkpoints
+                        check_no_unresumed_checkpoint(d, sweep=True)
                 if not multirun and not resumed:
                     check_no_unresumed_checkpoint(target)
             except UserError as err:

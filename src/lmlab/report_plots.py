@@ -80,7 +80,8 @@ def val_loss_figure(arms: list):
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation loss")
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:  # none while no job has completed
+        axes[0].legend(fontsize=7)
     fig.suptitle("validation loss: mean over seeds, band min-max (dashed: running or failed); "
                  "seconds: each arm's mean training time per step", fontsize=9)
     fig.tight_layout()

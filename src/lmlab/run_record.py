@@ -125,19 +125,22 @@ def check_not_finished(run_dir: str | Path) -> None:
                         f"overwrite it: choose another hydra.run.dir (or hydra.sweep.dir)")
 
 
-def check_no_unresumed_checkpoint(run_dir: str | Path) -> None:
+def check_no_unresumed_checkpoint(run_dir: str | Path, sweep: bool = False) -> None:
     """Refuse a fresh start in a directory holding an unfinished run's last checkpoint (a failed
-    or interrupted run rerun in place without ``ckpt_path``): training would overwrite it. Lightning
-    resumes from an HPC checkpoint there by itself, and a requeued SLURM job from ``last.ckpt``
+    or interrupted run rerun in place without ``ckpt_path``, or a sweep rerun into the directory
+    of one with such a job): training would overwrite it. Lightning resumes from an HPC
+    checkpoint there by itself, and a requeued SLURM job from ``last.ckpt``
     (lmlab.resume.requeued_checkpoint), so those starts are resumes."""
     from lmlab.errors import UserError
     from lmlab.requeue import has_hpc_checkpoint, last_checkpoint, slurm_requeued
 
     last = last_checkpoint(run_dir)
     if last.is_file() and not slurm_requeued() and not has_hpc_checkpoint(run_dir):
+        resume = (f"resume that job alone (its overrides, hydra.run.dir={run_dir} ckpt_path={last}), "
+                  "or choose another hydra.sweep.dir") if sweep else (
+                  f"resume it with ckpt_path={last}, or choose another hydra.run.dir")
         raise UserError(f"{run_dir} holds the checkpoints of an unfinished run; starting afresh "
-                        f"would overwrite them: resume it with ckpt_path={last}, or choose another "
-                        f"hydra.run.dir")
+                        f"would overwrite them: {resume}")
 
 
 def job_status(record: dict) -> str:

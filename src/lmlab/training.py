@@ -17,7 +17,7 @@ from lmlab.callbacks import DivergenceGuard, ValidateLastStep, progress_bars
 from lmlab.config import conf_dir
 from lmlab.errors import Diverged, UserError
 from lmlab.evaluation import score, summary
-from lmlab.hardware import peak_memory_bytes, peak_memory_kind, reset_peak_memory
+from lmlab.hardware import peak_memory_bytes, peak_memory_kind, reset_peak_memory, return_freed_memory
 from lmlab.loggers import WandbRuns, make_loggers
 from lmlab.prompts import prompt_text
 from lmlab.resume import AtomicCheckpointIO, CsvHistory, RNGState, StepBoundarySignals, requeued_checkpoint
@@ -117,6 +117,8 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     device = trainer.strategy.root_device
     reset_peak_memory(device)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if cfg.get("reuse_freed_memory", True):  # set for the training steps (lmlab.cli)
+        return_freed_memory()  # the held-out passes below would grow the heap batch by batch
 
     m = module.model
     metrics = dict(record, status="completed", params=m.num_params(), active_params=m.active_params(),

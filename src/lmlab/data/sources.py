@@ -22,6 +22,7 @@ PARQUET_SUFFIXES = (".parquet",)
 FILE_KINDS = {"parquet": PARQUET_SUFFIXES, "json": JSON_SUFFIXES, "text": TEXT_SUFFIXES}
 KIND_NAMES = {"parquet": "Parquet", "json": "JSON", "text": "text"}
 BATCH_ROWS = 256  # documents read at a time
+TEXT_DTYPES = ("string", "large_string")  # datasets' Value dtypes of a text column
 KINDS = "text files, JSONL, Parquet, a `datasets` save_to_disk directory, a hub dataset name"
 
 
@@ -65,20 +66,19 @@ class Source:
         for batch in ds.iter(batch_size=BATCH_ROWS):
             yield [(t, True) for t in batch[self.column] if t]
 
-    def columns(self) -> list[str]:
-        """Column names of the source (for text files: ``text``)."""
+    def columns(self) -> dict[str, bool]:
+        """Column names of the source, each with whether it holds text (for text files: ``text``)."""
         if self.kind == "text":
-            return ["text"]
-        if self.kind == "saved":
-            return list(self._saved().column_names)
+            return {"text": True}
         try:
-            ds = self._hub() if self.kind == "hub" else _stream_files(self.kind, [self.units(1)[0][0]])
+            ds = (self._saved() if self.kind == "saved" else self._hub() if self.kind == "hub"
+                  else _stream_files(self.kind, [self.units(1)[0][0]]))
             if ds.features is not None:
-                return list(ds.features)
+                return {name: getattr(f, "dtype", None) in TEXT_DTYPES for name, f in ds.features.items()}
             first = next(iter(ds), None)
         except StopIteration:  # an empty file: datasets finds no first row to infer columns from
-            return []
-        return list(first) if first else []
+            return {}
+        return {name: isinstance(v, str) for name, v in (first or {}).items()}
 
     def _saved(self):
         from datasets import DatasetDict, load_from_disk
@@ -171,4 +171,8 @@ def open_source(location: str, column: str = "text", split: str = "train") -> So
     if src.kind != "text" and column not in columns:
         raise ValueError(f"--column: {column!r} is not a column of {location}; "
                          f"valid choices: {', '.join(columns) or '(none: the source is empty)'}")
+    if not columns[column]:  # numbers or lists: tokenizing them crashed in the workers
+        texts = [name for name, is_text in columns.items() if is_text]
+        raise ValueError(f"--column: {column!r} of {location} does not hold text; "
+                         f"valid choices: {', '.join(texts) or '(none: no text column)'}")
     return src
