@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmlab.budget import match_params
 from lmlab.callbacks import DivergenceGuard, ValidateLastStep, progress_bars
 from lmlab.config import conf_dir
-from lmlab.errors import Diverged, UserError
+from lmlab.errors import Diverged, UserError, as_user_error
 from lmlab.evaluation import score, summary
 from lmlab.hardware import peak_memory_bytes, peak_memory_kind, reset_peak_memory
 from lmlab.loggers import WandbRuns, make_loggers
@@ -48,10 +48,8 @@ def build_module(cfg: DictConfig):
     from lmlab.module import LanguageModule
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    try:
+    with as_user_error():
         return LanguageModule(model=model_cfg, **OmegaConf.to_container(cfg.module, resolve=True))
-    except ValueError as err:
-        raise UserError(str(err)) from None
 
 
 def describe(module) -> str:
@@ -70,10 +68,8 @@ def run_training(cfg: DictConfig) -> dict:
     job = hydra_job()
     record = start_record(out_dir, job, cfg.seed)
     sweep_time_limit(cfg, job)
-    try:
+    with as_user_error():
         budget = match_params(cfg, conf_dir())
-    except ValueError as err:
-        raise UserError(str(err)) from None
     if budget:
         record["budget"] = budget
         log.info(f"budget: {budget['adjusted']} {budget['from']} -> {budget['to']}: "

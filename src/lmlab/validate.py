@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lmlab.budget import check_budget
 from lmlab.checks import is_int, is_number
 from lmlab.config import conf_dir
-from lmlab.errors import UserError
+from lmlab.errors import UserError, as_user_error
 from lmlab.extrapolation import check_factors
 from lmlab.prompts import prompt_text
 from lmlab.trainer_checks import check_trainer
@@ -159,10 +159,8 @@ def check_config(cfg: DictConfig, here: bool = True) -> None:
         log.warning(f"model.attention.n_kv_heads={n_heads} equals model.n_heads: this is multi-head "
                     "attention (model/attention=mha) under another name")
     check_factors(plain.get("extrapolate"), plain["model"]["context_length"])
-    try:
+    with as_user_error():
         check_budget(plain.get("budget") or {}, plain["model"], conf_dir())
-    except ValueError as err:
-        raise UserError(str(err)) from None
     fraction = (plain.get("data") or {}).get("val_fraction")  # 1.5 held out the last half
     if fraction is not None and not (is_number(fraction) and 0 < fraction < 1):
         raise UserError(f"data.val_fraction={fraction!r}: must be a number in (0, 1), e.g. 0.1")
@@ -179,17 +177,13 @@ def check_config(cfg: DictConfig, here: bool = True) -> None:
     from lmlab.model import Transformer
 
     with torch.device("meta"):  # the constructors' own checks, without allocating the weights
-        try:
+        with as_user_error():
             Transformer(plain["model"])  # the model's, before Lightning is imported
-        except ValueError as err:
-            raise UserError(str(err)) from None
         from lmlab.training import build_module  # Lightning: for the module's and optimizer's
 
         module = build_module(cfg)
-        try:
+        with as_user_error():
             module.configure_optimizers()  # and the optimizer's
-        except ValueError as err:
-            raise UserError(str(err)) from None
     from lmlab.callback_checks import check_callbacks
 
     check_callbacks(plain.get("callbacks"))
