@@ -67,11 +67,7 @@ def check_argv(config_dir: str, config_name: str, argv: list[str]) -> str | None
         if err.options is None or not err.missing_cfg_file:
             return None
         group, _, name = err.missing_cfg_file.rpartition("/")
-        try:
-            check_choice(group, name, err.options)
-        except ValueError as choice:
-            return str(choice)
-        return None
+        return choice_message(group, name, err.options)
     except (ConfigCompositionException, ValueError) as err:  # a group choice: Hydra's lines
         # end in YAML advice, or a number as a group's option is a traceback
         return group_choice_message(config_dir, others) or defaults_list_message(str(err), config_name)
@@ -100,10 +96,17 @@ def group_choice_message(config_dir: str, overrides: list[str]) -> str | None:
         if isinstance(value, str) or override.is_sweep_override() or not Path(config_dir, group).is_dir():
             continue
         options = sorted(f.stem for f in Path(config_dir, group).glob("*.yaml"))
-        try:
-            check_choice(group, value, options)
-        except ValueError as choice:
-            return str(choice)
+        if (message := choice_message(group, value, options)) is not None:
+            return message
+    return None
+
+
+def choice_message(key: str, value, choices) -> str | None:
+    """check_choice's one line for a ``value`` of ``key`` that is not one of ``choices``, or None."""
+    try:
+        check_choice(key, value, choices)
+    except ValueError as err:
+        return str(err)
     return None
 
 
