@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from lmlab.errors import check_choice
 
 _KEY = re.compile(r"^([A-Za-z_][\w.]*)=")  # a plain `a.b.c=value` override
+MULTIRUN_FLAGS = ("-m", "--multirun")  # Hydra's flag for a sweep
 
 
 def unknown_key_message(cfg: DictConfig, overrides: list[str]) -> str | None:
@@ -46,7 +47,7 @@ def check_argv(config_dir: str, config_name: str, argv: list[str]) -> str | None
     ``-m``, each arm of the sweep (``lmlab.sweep_check``)."""
     if any(a in ("-h", "--help", "--hydra-help") for a in argv):
         return None
-    if any(a in ("-m", "--multirun") for a in argv):
+    if any(a in MULTIRUN_FLAGS for a in argv):
         if config_name != "train":
             return None
         from lmlab.sweep_check import check_sweep
@@ -188,7 +189,7 @@ def finished_run_message(argv: list[str]) -> str | None:
     from lmlab.errors import UserError
     from lmlab.run_record import RECORD_FILE, check_no_unresumed_checkpoint, check_not_finished
 
-    multirun = any(a in ("-m", "--multirun") for a in argv)
+    multirun = any(a in MULTIRUN_FLAGS for a in argv)
     resumed = any(a.startswith("ckpt_path=") and a not in ("ckpt_path=", "ckpt_path=null") for a in argv)
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
     for arg in argv:
