@@ -32,6 +32,11 @@ from tests.conftest import TINY, model_cfg
     (["model/ffn=moe", "model.ffn.n_experts=0"], "model.ffn.n_experts=0: must be an integer >= 1"),
     (["model/ffn=moe", "model.ffn.n_shared=-1"], "model.ffn.n_shared=-1: must be an integer >= 0"),
     (["model/ffn=moe", "model.ffn.z_loss_coef=-1"], "model.ffn.z_loss_coef=-1: must be a number >= 0"),
+    # these two built: top_k=1.5 failed in the first step (topk), capacity_factor=abc was a TypeError
+    (["model/ffn=moe", "model.ffn.top_k=1.5"],
+     "model.ffn.top_k=1.5: must be an integer between 1 and model.ffn.n_experts=8"),
+    (["model/ffn=moe", "model.ffn.capacity_factor=abc"],
+     "model.ffn.capacity_factor: 'abc' must be positive or null (dropless)"),
 ])
 def test_a_bad_component_value_is_named_by_its_constructor(overrides, message):
     with torch.device("meta"), pytest.raises(ValueError) as err:

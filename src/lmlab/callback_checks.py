@@ -6,7 +6,7 @@ with the rest of the config; Lightning is imported by then (validate.py builds t
 
 from __future__ import annotations
 
-from lmlab.errors import UserError, check_choice
+from lmlab.errors import UserError, as_user_error, check_choice
 
 MONITORED = ("val/loss", "val/ppl", "train/loss", None)  # what LanguageModule logs by validation time
 
@@ -25,7 +25,5 @@ def check_callbacks(callbacks: dict) -> None:
             cause = err.__cause__ or err
             raise UserError(f"callbacks.{name}: {str(cause).strip().splitlines()[0]}") from None
         if type(callback).__name__ == "ModelCheckpoint":
-            try:
+            with as_user_error():
                 check_choice(f"callbacks.{name}.monitor", callback.monitor, MONITORED)
-            except ValueError as err:
-                raise UserError(str(err)) from None

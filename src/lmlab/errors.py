@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 
 class UserError(Exception):
@@ -18,6 +19,16 @@ class Diverged(RuntimeError):
 
 class CheckpointSaveError(OSError):
     """A checkpoint could not be written; the file it was to replace is intact."""
+
+
+@contextmanager
+def as_user_error() -> Iterator[None]:
+    """A ValueError raised inside (a component's, a schedule's, a check's own refusal), raised
+    again as a one-line :class:`UserError` with the same message and no traceback chain."""
+    try:
+        yield
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def check_choice(key: str, value, choices: Iterable) -> None:

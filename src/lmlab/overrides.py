@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from lmlab.errors import check_choice
 
 _KEY = re.compile(r"^([A-Za-z_][\w.]*)=")  # a plain `a.b.c=value` override
+MULTIRUN_FLAGS = ("-m", "--multirun")  # Hydra's flag for a sweep
 
 
 def unknown_key_message(cfg: DictConfig, overrides: list[str]) -> str | None:
@@ -46,7 +47,7 @@ def check_argv(config_dir: str, config_name: str, argv: list[str]) -> str | None
     ``-m``, each arm of the sweep (``lmlab.sweep_check``)."""
     if any(a in ("-h", "--help", "--hydra-help") for a in argv):
         return None
-    if any(a in ("-m", "--multirun") for a in argv):
+    if any(a in MULTIRUN_FLAGS for a in argv):
         if config_name != "train":
             return None
         from lmlab.sweep_check import check_sweep
@@ -67,11 +68,7 @@ def check_argv(config_dir: str, config_name: str, argv: list[str]) -> str | None
         if err.options is None or not err.missing_cfg_file:
             return None
         group, _, name = err.missing_cfg_file.rpartition("/")
-        try:
-            check_choice(group, name, err.options)
-        except ValueError as choice:
-            return str(choice)
-        return None
+        return choice_message(group, name, err.options)
     except (ConfigCompositionException, ValueError) as err:  # a group choice: Hydra's lines
         # end in YAML advice, or a number as a group's option is a traceback
         return group_choice_message(config_dir, others) or defaults_list_message(str(err), config_name)
@@ -100,10 +97,17 @@ def group_choice_message(config_dir: str, overrides: list[str]) -> str | None:
         if isinstance(value, str) or override.is_sweep_override() or not Path(config_dir, group).is_dir():
             continue
         options = sorted(f.stem for f in Path(config_dir, group).glob("*.yaml"))
-        try:
-            check_choice(group, value, options)
-        except ValueError as choice:
-            return str(choice)
+        if (message := choice_message(group, value, options)) is not None:
+            return message
+    return None
+
+
+def choice_message(key: str, value, choices) -> str | None:
+    """check_choice's one line for a ``value`` of ``key`` that is not one of ``choices``, or None."""
+    try:
+        check_choice(key, value, choices)
+    except ValueError as err:
+        return str(err)
     return None
 
 
@@ -186,7 +190,7 @@ def finished_run_message(argv: list[str]) -> str | None:
     from lmlab.errors import UserError
     from lmlab.run_record import RECORD_FILE, check_no_unresumed_checkpoint, check_not_finished
 
-    multirun = any(a in ("-m", "--multirun") for a in argv)
+    multirun = any(a in MULTIRUN_FLAGS for a in argv)
     resumed = any(a.startswith("ckpt_path=") and a not in ("ckpt_path=", "ckpt_path=null") for a in argv)
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
     for arg in argv:

@@ -151,10 +151,19 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     if plot_val_loss(arms, out / "val_loss.png"):
         parts.append("![validation loss per arm](val_loss.png)\n")
     parts += extrapolation_section(arms, out)
+    parts += unfinished_section(jobs, varied)
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    return path
 
+
+def unfinished_section(jobs: list[Job], varied: list[str]) -> list[str]:
+    """The jobs that failed or were interrupted (with their error) and those still running (with
+    their last validation), each named by its number and its values of the varied keys."""
     def arm_of(j: Job) -> str:
         return " ".join(o for o in j.overrides if override_key(o) in varied)
 
+    parts = []
     failed = [j for j in jobs if j.status in ("failed", "interrupted")]
     if failed:
         parts.append("## Failed or interrupted jobs\n")
@@ -169,9 +178,7 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
                     else "no validation yet")
             parts.append(f"- job {j.num} (`{arm_of(j)}`): {last}")
         parts.append("")
-    path = out / "report.md"
-    path.write_text("\n".join(parts))
-    return path
+    return parts
 
 
 def comparison_section(arms: list[Arm], baseline: str | None) -> list[str]:

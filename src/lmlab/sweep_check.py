@@ -17,6 +17,7 @@ import shutil
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from lmlab.errors import UserError
+from lmlab.overrides import MULTIRUN_FLAGS
 
 
 def _axis(override) -> list[str] | None:
@@ -71,8 +72,8 @@ def check_sweep(config_dir: str, config_name: str, argv: list[str]) -> str | Non
     try:
         arms = sweep_arms(config_dir, config_name, argv)
     except Exception:  # bad override syntax, an unknown preset: the single-run checks say it
-        return check_argv(config_dir, config_name, [a for a in argv if a not in ("-m", "--multirun")])
-    flags = [a for a in argv if a.startswith("-") and a not in ("-m", "--multirun")]
+        return check_argv(config_dir, config_name, [a for a in argv if a not in MULTIRUN_FLAGS])
+    flags = [a for a in argv if a.startswith("-") and a not in MULTIRUN_FLAGS]
     # the command-line checks of every arm first: they need no Lightning, so a typo is refused fast
     checks = [lambda arm: check_argv(config_dir, config_name, flags + arm),
               lambda arm: _check_arm(config_dir, arm, remote)]
@@ -112,7 +113,7 @@ def _check_arm(config_dir: str, arm: list[str], remote: bool) -> str | None:
 def single_run_note(argv: list[str]) -> str | None:
     """What to tell a user who chose an ablation preset without ``-m``: it runs one job, with the
     preset's fixed settings and the defaults of what it sweeps."""
-    if any(a in ("-m", "--multirun") for a in argv):
+    if any(a in MULTIRUN_FLAGS for a in argv):
         return None
     preset = next((a.split("=", 1)[1] for a in argv if a.startswith("experiment=")), None)
     if preset in (None, "null"):

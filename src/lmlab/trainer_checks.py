@@ -10,7 +10,7 @@ import re
 import torch
 
 from lmlab.checks import is_int, is_number, require
-from lmlab.errors import UserError, check_choice
+from lmlab.errors import UserError, as_user_error, check_choice
 
 PRECISIONS = ("bf16-mixed", "bf16-true", "16-mixed", "16-true", "32-true", "64-true",
               "bf16", "16", "32", "64")
@@ -21,7 +21,7 @@ TIME_UNITS = ("days", "hours", "minutes", "seconds")
 def check_trainer(trainer: dict, here: bool = True) -> None:
     """Raise a one-line UserError for the first bad ``trainer.*`` value; ``here``: the run is on
     this machine, so its accelerator must be present (not so for a sweep submitted to SLURM)."""
-    try:
+    with as_user_error():
         check_choice("trainer.precision", str(trainer.get("precision", "32-true")), PRECISIONS)
         check_choice("trainer.accelerator", trainer.get("accelerator", "auto"), ACCELERATORS)
         check_devices(trainer.get("devices", "auto"))
@@ -35,8 +35,6 @@ def check_trainer(trainer: dict, here: bool = True) -> None:
         clip = trainer.get("gradient_clip_val")
         require(clip is None or (is_number(clip) and clip >= 0), "trainer.gradient_clip_val", clip,
                 "a number >= 0 or null (0 or null: no clipping)")
-    except ValueError as err:
-        raise UserError(str(err)) from None
     if here:
         check_accelerator(trainer.get("accelerator", "auto"))
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmlab.budget import match_params
 from lmlab.callbacks import DivergenceGuard, ValidateLastStep, progress_bars
 from lmlab.config import conf_dir
-from lmlab.errors import Diverged, UserError
+from lmlab.errors import Diverged, UserError, as_user_error
 from lmlab.evaluation import score, summary
 from lmlab.hardware import peak_memory_bytes, peak_memory_kind, reset_peak_memory, return_freed_memory
 from lmlab.loggers import WandbRuns, make_loggers
@@ -48,10 +48,8 @@ def build_module(cfg: DictConfig):
     from lmlab.module import LanguageModule
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    try:
+    with as_user_error():
         return LanguageModule(model=model_cfg, **OmegaConf.to_container(cfg.module, resolve=True))
-    except ValueError as err:
-        raise UserError(str(err)) from None
 
 
 def describe(module) -> str:
@@ -70,10 +68,8 @@ def run_training(cfg: DictConfig) -> dict:
     job = hydra_job()
     record = start_record(out_dir, job, cfg.seed)
     sweep_time_limit(cfg, job)
-    try:
+    with as_user_error():
         budget = match_params(cfg, conf_dir())
-    except ValueError as err:
-        raise UserError(str(err)) from None
     if budget:
         record["budget"] = budget
         log.info(f"budget: {budget['adjusted']} {budget['from']} -> {budget['to']}: "
@@ -120,27 +116,10 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     if cfg.get("reuse_freed_memory", True):  # set for the training steps (lmlab.cli)
         return_freed_memory()  # the held-out passes below would grow the heap batch by batch
 
-    m = module.model
-    metrics = dict(record, status="completed", params=m.num_params(), active_params=m.active_params(),
-                   flops_per_token=m.flops_per_token(), steps=trainer.global_step,
-                   world_size=trainer.world_size, train_time_s=time.perf_counter() - t0,
-                   stopped_by=stopped_by(trainer), max_time=cfg.trainer.get("max_time"))
-    metrics["tokens_per_step"] = tokens_per_step(cfg, trainer, m.context_length)
-    metrics["tokens"] = metrics["tokens_per_step"] * trainer.global_step
-    if trainer.world_size > 1:  # identical on every rank when DDP kept the replicas in sync
-        checksum = sum(p.detach().double().sum() for p in module.parameters())
-        metrics["param_checksums"] = trainer.strategy.all_gather(checksum).tolist()
-    # a run of one step has no run figure (its warm-up step is left out): that step's own
-    tps = meter.tokens_per_s or trainer.callback_metrics.get("train/tokens_per_s")
-    if tps is not None:
-        metrics.update(tokens_per_s=float(tps), mfu=meter.mfu, peak_flops=meter.peak)
-    metrics["peak_memory_gib"] = peak_memory_bytes(device) / 2**30
+    metrics = fit_metrics(cfg, trainer, module, meter, record, time.perf_counter() - t0, device)
     if meter.tokens_per_s is not None and trainer.is_global_zero:
         log.info(f"{meter.summary()}; peak memory {metrics['peak_memory_gib']:.2f} GiB "
                  f"({peak_memory_kind(device)})")
-    last_val = trainer.callback_metrics.get("val/loss")
-    if last_val is not None:  # the last validation during training
-        metrics.update(final_val_loss=float(last_val), final_val_ppl=math.exp(float(last_val)))
     if trainer.fast_dev_run:  # one batch of each loop: no best checkpoint to score or sample
         if trainer.is_global_zero:
             write_record(out_dir, {**metrics, "finished": time.time()})
@@ -154,18 +133,49 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
     metrics.update(validate_best(trainer, module, datamodule))
     metrics.update(held_out(cfg, trainer, module, datamodule))
     if trainer.is_global_zero:
-        s = cfg.sample
-        if s and s.max_new_tokens:
-            prompt = prompt_text("sample.prompt", s.prompt)
-            text = sample_text(module.model, cfg.data.tokenizer, prompt, seed=cfg.seed,
-                               max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                               top_k=s.top_k, top_p=s.top_p)
-            (out_dir / "sample.txt").write_text(text)
-            metrics["sample"] = text
-            print(f"\n----- sample (prompt {s.prompt!r}) -----\n{text}\n-----", flush=True)
+        if cfg.sample and cfg.sample.max_new_tokens:
+            metrics["sample"] = write_sample(cfg, module, out_dir)
         metrics["finished"] = time.time()
         write_record(out_dir, metrics)
     return metrics
+
+
+def fit_metrics(cfg: DictConfig, trainer: L.Trainer, module, meter: ThroughputMeter, record: dict,
+                train_time_s: float, device) -> dict:
+    """The run record's figures once ``trainer.fit`` has returned: size, steps, tokens, time,
+    why it stopped, DDP replicas' checksums, throughput, peak memory on ``device`` and the
+    last validation loss."""
+    m = module.model
+    metrics = dict(record, status="completed", params=m.num_params(), active_params=m.active_params(),
+                   flops_per_token=m.flops_per_token(), steps=trainer.global_step,
+                   world_size=trainer.world_size, train_time_s=train_time_s,
+                   stopped_by=stopped_by(trainer), max_time=cfg.trainer.get("max_time"))
+    metrics["tokens_per_step"] = tokens_per_step(cfg, trainer, m.context_length)
+    metrics["tokens"] = metrics["tokens_per_step"] * trainer.global_step
+    if trainer.world_size > 1:  # identical on every rank when DDP kept the replicas in sync
+        checksum = sum(p.detach().double().sum() for p in module.parameters())
+        metrics["param_checksums"] = trainer.strategy.all_gather(checksum).tolist()
+    # a run of one step has no run figure (its warm-up step is left out): that step's own
+    tps = meter.tokens_per_s or trainer.callback_metrics.get("train/tokens_per_s")
+    if tps is not None:
+        metrics.update(tokens_per_s=float(tps), mfu=meter.mfu, peak_flops=meter.peak)
+    metrics["peak_memory_gib"] = peak_memory_bytes(device) / 2**30
+    last_val = trainer.callback_metrics.get("val/loss")
+    if last_val is not None:  # the last validation during training
+        metrics.update(final_val_loss=float(last_val), final_val_ppl=math.exp(float(last_val)))
+    return metrics
+
+
+def write_sample(cfg: DictConfig, module, out_dir: Path) -> str:
+    """A sample from the module as ``cfg.sample`` says, printed and written to sample.txt."""
+    s = cfg.sample
+    prompt = prompt_text("sample.prompt", s.prompt)
+    text = sample_text(module.model, cfg.data.tokenizer, prompt, seed=cfg.seed,
+                       max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                       top_k=s.top_k, top_p=s.top_p)
+    (out_dir / "sample.txt").write_text(text)
+    print(f"\n----- sample (prompt {s.prompt!r}) -----\n{text}\n-----", flush=True)
+    return text
 
 
 def is_sharded(trainer: L.Trainer) -> bool:
@@ -174,11 +184,17 @@ def is_sharded(trainer: L.Trainer) -> bool:
     return isinstance(trainer.strategy, FSDPStrategy)
 
 
+def best_checkpoint(trainer: L.Trainer) -> str | None:
+    """The path of the checkpoint callback's best checkpoint, or None (then Lightning's
+    validate and test use the module's weights as they are)."""
+    return getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+
+
 def validate_best(trainer: L.Trainer, module, datamodule) -> dict:
     """Validation loss of the best checkpoint (the module is left holding its weights). It is not
     logged: the loggers' val/loss is the curve of the validations during training, and a point
     after its end would be an earlier checkpoint's loss again."""
-    ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    ckpt = best_checkpoint(trainer)
     loggers, trainer.loggers = trainer.loggers, []
     try:
         val = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
@@ -200,7 +216,7 @@ def held_out(cfg: DictConfig, trainer: L.Trainer, module, datamodule) -> dict:
     extrapolation when ``extrapolate`` asks for it (on the test split, else validation)."""
     out = {}
     if datamodule.has_test_split:
-        ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+        ckpt = best_checkpoint(trainer)
         test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
                             weights_only=True)[0]["test/loss"]
         out.update(test_loss=test, test_ppl=math.exp(test))

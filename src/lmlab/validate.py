@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lmlab.budget import check_budget
 from lmlab.checks import is_int, is_number
 from lmlab.config import conf_dir
-from lmlab.errors import UserError
+from lmlab.errors import UserError, as_user_error
 from lmlab.extrapolation import check_factors
 from lmlab.prompts import prompt_text
 from lmlab.trainer_checks import check_trainer
@@ -138,12 +138,36 @@ def check_config(cfg: DictConfig, here: bool = True) -> None:
     (``here``: it trains on this machine; a sweep submitted elsewhere is not held to this
     machine's accelerators)."""
     plain = resolve(cfg)
+    check_bounds(plain)
+    check_trainer(plain["trainer"], here)
+    check_combinations(plain)
+    check_data(plain)
+    sample = plain.get("sample") or {}
+    if sample.get("max_new_tokens"):
+        check_sampling("sample", sample["max_new_tokens"], sample.get("temperature", 1.0),
+                       sample.get("top_k"), sample.get("top_p"))
+        prompt_text("sample.prompt", sample.get("prompt"))
+    module = build_on_meta(cfg, plain)
+    from lmlab.callback_checks import check_callbacks
+
+    check_callbacks(plain.get("callbacks"))
+    if cfg.get("ckpt_path"):
+        check_resume(cfg.ckpt_path, module)
+
+
+def check_bounds(plain: dict) -> None:
+    """Each BOUNDS key that is set, and the seed, in its range."""
     for key, (low, integer, nullable) in BOUNDS.items():
         section, _, leaf = key.partition(".")
         if leaf in (plain.get(section) or {}):
             check_value(key, plain[section][leaf], low, integer, nullable)
     check_value("seed", plain.get("seed", 0), 0, True, False)
-    check_trainer(plain["trainer"], here)
+
+
+def check_combinations(plain: dict) -> None:
+    """Values that are each fine but not together: a warm-up longer than the run, Muon under
+    FSDP, extrapolation factors and a parameter budget for this model; and a warning for GQA
+    with as many KV heads as heads."""
     warmup, steps = plain["module"]["warmup_steps"], plain["trainer"]["max_steps"]
     if warmup > steps:
         raise UserError(f"module.warmup_steps={warmup} is longer than the run (trainer.max_steps="
@@ -159,10 +183,12 @@ def check_config(cfg: DictConfig, here: bool = True) -> None:
         log.warning(f"model.attention.n_kv_heads={n_heads} equals model.n_heads: this is multi-head "
                     "attention (model/attention=mha) under another name")
     check_factors(plain.get("extrapolate"), plain["model"]["context_length"])
-    try:
+    with as_user_error():
         check_budget(plain.get("budget") or {}, plain["model"], conf_dir())
-    except ValueError as err:
-        raise UserError(str(err)) from None
+
+
+def check_data(plain: dict) -> None:
+    """``data.val_fraction`` in (0, 1), and a tokenizer whose ids all have a row in the model."""
     fraction = (plain.get("data") or {}).get("val_fraction")  # 1.5 held out the last half
     if fraction is not None and not (is_number(fraction) and 0 < fraction < 1):
         raise UserError(f"data.val_fraction={fraction!r}: must be a number in (0, 1), e.g. 0.1")
@@ -170,35 +196,33 @@ def check_config(cfg: DictConfig, here: bool = True) -> None:
     if tokenizer and vocab < (n := tokenizer_size("data.tokenizer", tokenizer)):
         raise UserError(f"model.vocab_size={vocab} is smaller than data.tokenizer={tokenizer}'s "
                         f"{n:,} tokens; use at least {n}")
-    sample = plain.get("sample") or {}
-    if sample.get("max_new_tokens"):
-        check_sampling("sample", sample["max_new_tokens"], sample.get("temperature", 1.0),
-                       sample.get("top_k"), sample.get("top_p"))
-        prompt_text("sample.prompt", sample.get("prompt"))
-    from lmlab.checkpoint import check_fits, read_checkpoint
+
+
+def build_on_meta(cfg: DictConfig, plain: dict):
+    """The LanguageModule built on the meta device, so that the model's, the module's and the
+    optimizer's constructors run their own checks without allocating the weights."""
     from lmlab.model import Transformer
 
-    with torch.device("meta"):  # the constructors' own checks, without allocating the weights
-        try:
+    with torch.device("meta"):
+        with as_user_error():
             Transformer(plain["model"])  # the model's, before Lightning is imported
-        except ValueError as err:
-            raise UserError(str(err)) from None
         from lmlab.training import build_module  # Lightning: for the module's and optimizer's
 
         module = build_module(cfg)
-        try:
+        with as_user_error():
             module.configure_optimizers()  # and the optimizer's
-        except ValueError as err:
-            raise UserError(str(err)) from None
-    from lmlab.callback_checks import check_callbacks
+    return module
 
-    check_callbacks(plain.get("callbacks"))
-    if cfg.get("ckpt_path"):
-        from lmlab.resume_settings import check_resumable, check_resume_settings
-        from lmlab.schedule import check_length
 
-        ckpt = read_checkpoint(cfg.ckpt_path, map_location="cpu")
-        check_fits(module, ckpt["state_dict"])
-        check_resumable(ckpt, cfg.ckpt_path)
-        check_length(ckpt, module.hparams)  # again when Lightning loads it (LanguageModule)
-        check_resume_settings(ckpt.get("hyper_parameters") or {}, dict(module.hparams))
+def check_resume(ckpt_path: str, module) -> None:
+    """The checkpoint at ``ckpt_path`` fits ``module``, is a training checkpoint, and was
+    trained with the schedule and optimization settings this run keeps."""
+    from lmlab.checkpoint import check_fits, read_checkpoint
+    from lmlab.resume_settings import check_resumable, check_resume_settings
+    from lmlab.schedule import check_length
+
+    ckpt = read_checkpoint(ckpt_path, map_location="cpu")
+    check_fits(module, ckpt["state_dict"])
+    check_resumable(ckpt, ckpt_path)
+    check_length(ckpt, module.hparams)  # again when Lightning loads it (LanguageModule)
+    check_resume_settings(ckpt.get("hyper_parameters") or {}, dict(module.hparams))

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import check_choice
-from lmlab.checks import is_int, non_negative, positive_int_or_null, require
+from lmlab.checks import is_int, is_number, non_negative, positive_int_or_null, require
 from lmlab.model.ffn import DenseFFN, SwiGLU, swiglu_hidden
 from lmlab.model.linear import Linear
 
@@ -84,13 +84,15 @@ class MoE(nn.Module):
         for key, value in [("aux_loss_coef", aux_loss_coef), ("z_loss_coef", z_loss_coef),
                            ("bias_update_rate", bias_update_rate)]:
             non_negative(f"model.ffn.{key}", value)
+        require(is_int(top_k), "model.ffn.top_k", top_k,  # torch.topk takes neither 1.5 nor true
+                f"an integer between 1 and model.ffn.n_experts={n_experts}")
         if not 1 <= top_k <= n_experts:
             raise ValueError(
                 f"model.ffn.top_k: {top_k} must be between 1 and model.ffn.n_experts={n_experts}"
             )
-        if capacity_factor is not None and capacity_factor <= 0:
+        if capacity_factor is not None and not (is_number(capacity_factor) and capacity_factor > 0):
             raise ValueError(
-                f"model.ffn.capacity_factor: {capacity_factor} must be positive or null (dropless)"
+                f"model.ffn.capacity_factor: {capacity_factor!r} must be positive or null (dropless)"
             )
         self.n_experts, self.top_k = n_experts, top_k
         self.score, self.renormalize = score, renormalize
