@@ -194,6 +194,16 @@ BAD = [
     (["data.batch_size=0"], "data.batch_size=0: must be an integer >= 1"),
     (["data.batch_size=-4"], "data.batch_size=-4: must be an integer >= 1"),
     (["data.val_windows=0"], "data.val_windows=0: must be an integer >= 1 or null"),
+    # integers Lightning or the data took as they came (1.5 ran; log_every_n_steps=0 logged no
+    # training metrics; routing's -1 drew a heat map every step)
+    (["data.seed=1.5"], "data.seed=1.5: must be an integer >= 0"),
+    (["trainer.max_epochs=1.5"], "trainer.max_epochs=1.5: must be an integer >= -1 or null"),
+    (["trainer.num_sanity_val_steps=1.5"], "trainer.num_sanity_val_steps=1.5: must be an integer >= -1"),
+    (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0: must be an integer >= 1"),
+    (["callbacks.model_checkpoint.save_top_k=1.5"],
+     "callbacks.model_checkpoint.save_top_k=1.5: must be an integer >= -1"),
+    (["model/ffn=moe", "callbacks.routing.every_n_steps=-1"],
+     "callbacks.routing.every_n_steps=-1: must be an integer >= 1"),
     # a fraction past 1 held out the text's last part all the same (1.5: its last half)
     (["data.val_fraction=1.5"], "data.val_fraction=1.5: must be a number in (0, 1), e.g. 0.1"),
     (["data.val_fraction=0"], "data.val_fraction=0: must be a number in (0, 1)"),

@@ -42,6 +42,12 @@ BOUNDS = {
     "data.val_windows": (1, True, True),
     "data.test_windows": (1, True, True),
     "data.num_workers": (0, True, False),
+    "data.seed": (0, True, False),
+    "trainer.max_epochs": (-1, True, True),  # -1: bounded by max_steps
+    "trainer.num_sanity_val_steps": (-1, True, False),  # -1: every validation batch
+    "trainer.log_every_n_steps": (1, True, False),  # 0 logged no training metrics at all
+    "callbacks.model_checkpoint.save_top_k": (-1, True, False),  # -1: every checkpoint
+    "callbacks.routing.every_n_steps": (1, True, False),
 }
 
 
@@ -158,9 +164,12 @@ def check_config(cfg: DictConfig, here: bool = True) -> None:
 def check_bounds(plain: dict) -> None:
     """Each BOUNDS key that is set, and the seed, in its range."""
     for key, (low, integer, nullable) in BOUNDS.items():
-        section, _, leaf = key.partition(".")
-        if leaf in (plain.get(section) or {}):
-            check_value(key, plain[section][leaf], low, integer, nullable)
+        *sections, leaf = key.split(".")
+        node = plain
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            check_value(key, node[leaf], low, integer, nullable)
     check_value("seed", plain.get("seed", 0), 0, True, False)
 
 
