@@ -43,8 +43,8 @@ def refused(proc) -> str:
     # data and model were built
     ("callbacks.model_checkpoint.monitor=val_loss", "callbacks.model_checkpoint.monitor: unknown "
      "'val_loss'; valid choices: val/loss, val/ppl, train/loss, null"),
-    ("callbacks.model_checkpoint.save_top_k=-2", "callbacks.model_checkpoint: Invalid value for "
-     "save_top_k=-2. Must be >= -1"),
+    ("callbacks.model_checkpoint.save_top_k=-2", "callbacks.model_checkpoint.save_top_k=-2: must be "
+     "an integer >= -1"),
 ])
 def test_train_py_refuses_in_one_line_before_compute(override, message, tmp_path):
     """Through `python train.py` as a user runs it: one kind of error each (Hydra's group choice,

@@ -163,6 +163,7 @@ def check_config(cfg: DictConfig, here: bool = True) -> None:
 
 def check_bounds(plain: dict) -> None:
     """Each BOUNDS key that is set, and the seed, in its range."""
+    check_value("seed", plain.get("seed", 0), 0, True, False)  # before data.seed, which copies it
     for key, (low, integer, nullable) in BOUNDS.items():
         *sections, leaf = key.split(".")
         node = plain
@@ -170,7 +171,6 @@ def check_bounds(plain: dict) -> None:
             node = node.get(section) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node:
             check_value(key, node[leaf], low, integer, nullable)
-    check_value("seed", plain.get("seed", 0), 0, True, False)
 
 
 def check_combinations(plain: dict) -> None:
