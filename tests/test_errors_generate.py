@@ -9,6 +9,7 @@ import logging
 import pytest
 import torch
 
+from lmlab.cli import generation_args
 from lmlab.data.tokenizer import get_tokenizer
 from lmlab.errors import UserError
 from lmlab.model.transformer import Transformer
@@ -35,7 +36,20 @@ from tests.test_train_cli import run
     ("seed=1.5", "seed=1.5: must be an integer >= 0"),  # a traceback once the checkpoint was read
 ])
 def test_generate_py_refuses_before_loading_the_checkpoint(override, message, tmp_path):
-    # the checkpoint does not exist: the arguments are checked first, in one line
+    """Each argument as generate.py checks it (cli.generation_args), in-process; the checkpoint
+    does not exist, so an argument let through would end in its error instead."""
+    cfg = compose_cfg([f"ckpt_path={tmp_path / 'none.ckpt'}", override], name="generate")
+    with pytest.raises((UserError, ValueError)) as err:
+        generation_args(cfg)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("prompts=5", "prompts=5: each prompt must be non-empty text"),
+    ("compile=1", "compile: unknown 1; valid choices: true, false, null"),
+])
+def test_generate_py_checks_its_arguments_before_the_checkpoint(override, message, tmp_path):
+    # through `python generate.py`: the missing checkpoint is not what is reported
     proc = run("generate.py", f"ckpt_path={tmp_path / 'none.ckpt'}", override,
                f"hydra.run.dir={tmp_path / 'g'}", check=False)
     assert refused(proc).startswith(f"lmlab: error: {message}")

@@ -24,15 +24,15 @@ def digest(run_dir: Path) -> dict[str, str]:
             for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
-def test_a_finished_run_is_never_overwritten(tmp_path):
-    run_dir, cache = tmp_path / "run", f"paths.cache_dir={tmp_path / 'cache'}"
-    run("train.py", *RUN, "trainer.max_steps=2", "sample.max_new_tokens=0", f"hydra.run.dir={run_dir}", cache)
+def test_a_finished_run_is_never_overwritten(ckpt, tmp_path):
+    run_dir = ckpt.parent.parent  # the session's finished two-step run, which must not change
+    cache = f"paths.cache_dir={run_dir.parent / 'cache'}"
     before = digest(run_dir)
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
     proc = run("train.py", *RUN, f"hydra.run.dir={run_dir}", cache, check=False)
     assert refused(proc) == (f"lmlab: error: {run_dir} holds a finished run (metrics.json: completed); "
                              "refusing to overwrite it: choose another hydra.run.dir (or hydra.sweep.dir)")
-    sweep = run("train.py", "-m", *RUN, f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=run", cache,
+    sweep = run("train.py", "-m", *RUN, f"hydra.sweep.dir={run_dir.parent}", "hydra.sweep.subdir=run", cache,
                 check=False)
     assert "holds a finished run" in refused(sweep)
     assert digest(run_dir) == before  # not one byte changed, .hydra/ and train.log included

@@ -31,12 +31,11 @@ def test_a_sweep_into_the_default_directory(tmp_path, cache_dir):
     """No hydra.sweep.dir: the jobs go to <root>/outputs/multirun/<date>/<time>/<n>. (The
     directory once went through ${hydra:runtime.cwd}, which Hydra's sweeper cannot resolve: every
     sweep typed as in the README ended in a traceback before its first job.)"""
-    proc = train_py("-m", "seed=0,1", *TINY_TRIAL, "model.d_model=32", f"paths.cache_dir={cache_dir}",
+    proc = train_py("-m", "seed=0", *TINY_TRIAL, "model.d_model=32", f"paths.cache_dir={cache_dir}",
                     root=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
-    records = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(2)]
-    assert [r["status"] for r in records] == ["completed", "completed"]
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "completed"
 
 
 def test_a_failed_trial_does_not_end_the_search(tmp_path, cache_dir):

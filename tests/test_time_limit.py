@@ -26,15 +26,15 @@ def test_the_default_time_limit_is_for_single_runs_only():
 
 def test_a_time_limited_arm_is_flagged_and_left_out_of_the_verdicts(tmp_path, cache_dir):
     # arm 1 asks for a zero time limit: its trainer stops before its 4 steps
-    sweep = multirun(tmp_path, cache_dir, "trainer.max_time=null,'00:00:00:00'", "seed=0,1")
+    sweep = multirun(tmp_path, cache_dir, "trainer.max_time=null,'00:00:00:00'", "seed=0")
     by_limit = {}
     for job in job_dirs(sweep):
         m = json.loads((job / "metrics.json").read_text())
         by_limit.setdefault(m["max_time"], []).append(m)
     assert [(m["stopped_by"], m["steps"], m["tokens"]) for m in by_limit[None]] == [
-        ("max_steps", 4, 4 * 4 * 16)] * 2
+        ("max_steps", 4, 4 * 4 * 16)]
     cut = by_limit["00:00:00:00"]
-    assert [m["stopped_by"] for m in cut] == ["max_time"] * 2 and all(m["steps"] < 4 for m in cut)
+    assert [m["stopped_by"] for m in cut] == ["max_time"] and all(m["steps"] < 4 for m in cut)
     arm = " ".join(o for o in overrides_of(job_dirs(sweep)[-1]) if o.startswith("trainer.max_time"))
     rows = comparison_table(make_report(sweep).read_text())
     assert "time-limited" in rows[arm]["flags"] and "fewer steps (" in rows[arm]["flags"]

@@ -85,14 +85,7 @@ def _generate(cfg: DictConfig) -> None:
     """Samples from a checkpoint, all in one batch, printed and written to ``<run dir>/samples.txt``.
     With ``stream`` and a single sequence, its tokens are printed as they are produced."""
     try:
-        prompts = prompt_texts(cfg.prompt, cfg.get("prompts"))
-        check_sampling("", cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
-        check_value("num_samples", cfg.num_samples, 1, True, False)
-        check_value("seed", cfg.seed, 0, True, False)  # as train.py's
-        check_choice("compile", cfg.compile, (True, False, None))
-        stop = stop_strings(cfg.stop)
-        check_device(cfg.device)
-        tokenizer_size("tokenizer", cfg.tokenizer)
+        prompts, stop = generation_args(cfg)
         model = load_model(cfg.ckpt_path, cfg.device, compile=cfg.compile)
         check_tokenizer_fits("tokenizer", cfg.tokenizer, model.tok_emb.num_embeddings)
     except (UserError, ValueError) as err:
@@ -116,6 +109,20 @@ def _generate(cfg: DictConfig) -> None:
         for i, text in enumerate(texts):
             print(f"----- sample {i + 1}/{len(texts)} -----\n{text}", flush=True)
     Path(cfg.paths.output_dir, "samples.txt").write_text("\n\n".join(texts))
+
+
+def generation_args(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """generate.py's arguments checked before the checkpoint is read (the first bad one a one-line
+    UserError or ValueError): its prompts and stop strings, unescaped."""
+    prompts = prompt_texts(cfg.prompt, cfg.get("prompts"))
+    check_sampling("", cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
+    check_value("num_samples", cfg.num_samples, 1, True, False)
+    check_value("seed", cfg.seed, 0, True, False)  # as train.py's
+    check_choice("compile", cfg.compile, (True, False, None))
+    stop = stop_strings(cfg.stop)
+    check_device(cfg.device)
+    tokenizer_size("tokenizer", cfg.tokenizer)
+    return prompts, stop
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
