@@ -202,6 +202,10 @@ BAD = [
     (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0: must be an integer >= 1"),
     (["callbacks.model_checkpoint.save_top_k=1.5"],
      "callbacks.model_checkpoint.save_top_k=1.5: must be an integer >= -1"),
+    (["callbacks.model_checkpoint.every_n_train_steps=-5"],
+     "callbacks.model_checkpoint.every_n_train_steps=-5: must be an integer >= 0 or null"),
+    (["callbacks.model_checkpoint.every_n_train_steps=5", "callbacks.model_checkpoint.save_last=false"],
+     "callbacks.model_checkpoint: every_n_train_steps=5 writes last.ckpt, which needs save_last=true"),
     (["model/ffn=moe", "callbacks.routing.every_n_steps=-1"],
      "callbacks.routing.every_n_steps=-1: must be an integer >= 1"),
     # a fraction past 1 held out the text's last part all the same (1.5: its last half)

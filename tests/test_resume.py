@@ -22,7 +22,7 @@ from tests.test_train_cli import FAST, run
 
 STEPS = 120
 RESUMABLE = [*FAST, f"trainer.max_steps={STEPS}", "trainer.val_check_interval=40",
-             "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=5",
+             "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=7",
              "sample.max_new_tokens=0"]
 
 
@@ -147,3 +147,19 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint(tmp_path):
     proc.kill()
     proc.wait()
     assert torch.load(path, weights_only=True)["step"] == 1
+
+
+def test_the_best_checkpoint_holds_a_validated_step_and_its_score(uninterrupted):
+    """RESUMABLE writes last.ckpt every 7 steps and validates every 40: the best checkpoint holds
+    the weights of the validation step with the lowest loss, scored by that validation. (Lightning's
+    own ModelCheckpoint reconsidered the best at every 7th step with the last validation's score,
+    and not at validation: best-step84.ckpt held step 84's weights under step 80's loss, and the
+    last validation, the best, saved nothing.)"""
+    run_dir, _ = uninterrupted
+    val = logged(run_dir, "val/loss")  # {csv step: loss}; a validation after step s is logged at s - 1
+    (best,) = (run_dir / "checkpoints").glob("best-step*.ckpt")
+    ckpt = torch.load(best, weights_only=True, map_location="cpu")
+    (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("ValidatedCheckpoint")]
+    step = ckpt["global_step"]
+    assert step - 1 == min(val, key=val.get) and step % 40 == 0
+    assert float(state["best_model_score"]) == pytest.approx(val[step - 1], abs=1e-6)

@@ -47,6 +47,7 @@ BOUNDS = {
     "trainer.num_sanity_val_steps": (-1, True, False),  # -1: every validation batch
     "trainer.log_every_n_steps": (1, True, False),  # 0 logged no training metrics at all
     "callbacks.model_checkpoint.save_top_k": (-1, True, False),  # -1: every checkpoint
+    "callbacks.model_checkpoint.every_n_train_steps": (0, True, True),  # 0 or null: at validation only
     "callbacks.routing.every_n_steps": (1, True, False),
 }
 

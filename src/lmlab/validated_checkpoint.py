@@ -1,0 +1,35 @@
+"""Lightning's ModelCheckpoint, with the best checkpoints kept only where validation scored them.
+
+Given ``every_n_train_steps``, Lightning's ModelCheckpoint reconsiders its top-k at those steps with
+the monitored metric of the last validation, and no longer at validation itself:
+``best-step<N>.ckpt`` then holds the weights of a step after the validation it was scored on, and
+a validation whose score is the best saves nothing. Here the top-k is saved at each validation, with
+the score just measured, and ``every_n_train_steps`` writes ``last.ckpt`` only (for resuming a
+pre-empted or requeued job; where a validation follows at the same step, it writes ``last.ckpt``
+again, with its score).
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class ValidatedCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose top-k is saved at validation; ``every_n_train_steps=N`` also
+    writes ``last.ckpt`` every N optimizer steps (it needs ``save_last``)."""
+
+    def __init__(self, *args, every_n_train_steps: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)  # no step trigger: the top-k is saved at each validation
+        n = every_n_train_steps or 0  # an integer >= 0 or null (lmlab.validate.BOUNDS)
+        if n and not self.save_last:
+            raise ValueError(f"every_n_train_steps={n} writes last.ckpt, which needs save_last=true "
+                             f"(got save_last={self.save_last})")
+        self.last_every_n_steps = n
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        n = self.last_every_n_steps
+        if n and trainer.global_step % n == 0 and not self._should_skip_saving_checkpoint(trainer):
+            saved = self._last_global_step_saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_global_step_saved = saved  # a validation at this step still saves its top-k
