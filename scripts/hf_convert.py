@@ -1,15 +1,22 @@
 """Convert between Hugging Face checkpoints and lmlab checkpoints.
 
     python scripts/hf_convert.py import HF_DIR OUT.ckpt      # GPT-2 or Llama -> lmlab
-    python scripts/hf_convert.py export IN.ckpt OUT_DIR [--layout gpt2|llama]   # lmlab -> HF
+    python scripts/hf_convert.py export IN.ckpt OUT_DIR [--layout gpt2|llama] [--tokenizer NAME|none]
 
 HF_DIR is a directory with config.json and *.safetensors (as save_pretrained writes them, e.g. a
-downloaded `gpt2` snapshot). OUT_DIR loads with transformers' AutoModelForCausalLM.from_pretrained.
+downloaded `gpt2` snapshot). OUT_DIR gets config.json, model.safetensors and, for GPT-2's BPE,
+the tokenizer's files (tokenizer.json, tokenizer_config.json; written with transformers, where it
+is installed): AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained load it, and
+so does transformers' pipeline("text-generation", model=OUT_DIR). The tokenizer is the run's
+data.tokenizer (IN.ckpt's run directory, <run>/.hydra/config.yaml), else gpt2, lmlab's default;
+--tokenizer names another or none. A checkpoint imported from Hugging Face carries no tokenizer
+name: export it with --tokenizer none (and copy the original's tokenizer files) unless it was GPT-2's.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -27,22 +34,50 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("src")
     exp.add_argument("dst")
     exp.add_argument("--layout", choices=hf.LAYOUTS, default=None, help="default: guessed from the components")
+    exp.add_argument("--tokenizer", default=None,
+                     help="a tiktoken encoding (files are written for gpt2) or none; default: the run's "
+                          "data.tokenizer, else gpt2")
     args = parser.parse_args(argv)
     if (err := bad_destination(args.cmd, Path(args.dst))) is not None:  # before any weights are read
         print(f"hf_convert: error: {err}", file=sys.stderr)
         return 2
+    log = logging.getLogger("lmlab")  # export's line about the tokenizer files, on stdout
+    shown, level = logging.StreamHandler(sys.stdout), log.level
+    shown.setFormatter(logging.Formatter("hf_convert: %(message)s"))
+    log.addHandler(shown)
+    log.setLevel(logging.INFO)
     try:
         if args.cmd == "import":
             model = hf.import_hf(args.src)
             hf.save_checkpoint(model, args.dst)
         else:
+            tokenizer = export_tokenizer(args.tokenizer, Path(args.src))
             model = hf.load_checkpoint(args.src)
-            hf.export_hf(model, args.dst, layout=args.layout)
+            hf.export_hf(model, args.dst, layout=args.layout, tokenizer=tokenizer)
     except (UserError, ValueError, FileNotFoundError) as err:
         print(f"hf_convert: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        log.removeHandler(shown)
+        log.setLevel(level)
     print(f"{args.cmd}ed {model.num_params():,} parameters to {args.dst}")
     return 0
+
+
+def export_tokenizer(option: str | None, ckpt: Path) -> str | None:
+    """The tokenizer an export writes: ``--tokenizer`` (none: None), else the data.tokenizer of
+    the run that wrote ``ckpt`` (<run>/checkpoints/<name>.ckpt beside <run>/.hydra/config.yaml),
+    else gpt2 (lmlab's default)."""
+    if option is not None:
+        return None if option.lower() == "none" else option
+    config = ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+        if isinstance(data, dict) and data.get("tokenizer"):
+            return str(data["tokenizer"])
+    return "gpt2"
 
 
 def bad_destination(cmd: str, dst: Path) -> str | None:

@@ -6,7 +6,7 @@ import torch
 
 from lmlab.data.tokenizer import get_tokenizer
 from lmlab.kv_cache import KVCache
-from lmlab.sampling import left_pad, sample_next, sample_texts, sample_tokens, stream_tokens
+from lmlab.sampling import cache_len, left_pad, sample_next, sample_texts, sample_tokens, stream_tokens
 from lmlab.model import Transformer
 from tests.conftest import TINY, model_cfg, run_entry_point
 
@@ -161,6 +161,36 @@ def test_kv_cache_buffers_are_allocated_once():
         assert [(la.k.data_ptr(), la.v.data_ptr()) for la in cache.layers] == ptrs
         with pytest.raises(ValueError, match="KV cache full"):
             model(idx[:, :9], cache)
+
+
+def recorded_caches(monkeypatch) -> list[KVCache]:
+    """The caches KVCache.for_model makes from now on (it still makes them as before)."""
+    made, for_model = [], KVCache.for_model
+    monkeypatch.setattr(KVCache, "for_model",
+                        staticmethod(lambda model, max_len=None: made.append(for_model(model, max_len)) or made[-1]))
+    return made
+
+
+def test_the_cache_holds_the_prompt_and_new_tokens_not_the_context(monkeypatch):
+    """A model with a context of 4,096 and a 7-token prompt beside a 3-token one, 5 new tokens:
+    the cache's buffers hold 12 slots (it was 4,096: ~16 GB a row for Llama-3-8B's 131,072), and
+    the tokens are those of recomputation."""
+    model = tiny_model("model/position=rope", "model.context_length=4096")
+    made = recorded_caches(monkeypatch)
+    prompts = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7]]
+    cached = greedy_rows(model, prompts, 5)
+    (cache,) = made
+    assert cache.max_len == 12 and cache.layers[0].k.shape == (2, 4, 12, 8) and not cache.static
+    assert cache.pos.shape == (2, 12) and len(cache) == 7 + 4  # the last token is not fed back
+    assert cached == greedy_rows(model, prompts, 5, use_cache=False)
+
+
+def test_cache_len():
+    assert cache_len(4096, 7, 5) == 12 and cache_len(16, 5, 11) == 16 and cache_len(16, 5, 12) == 16
+    assert cache_len(16, 16, 40) == 16 and cache_len(16, 0, 0) == 1
+    # a static cache (compiled decoding) rounds up, so other prompt lengths reuse its compiled step
+    assert cache_len(131072, 12, 20, static=True) == 1024 and cache_len(128, 5, 20, static=True) == 128
+    assert cache_len(131072, 1000, 100, static=True) == 2048 == cache_len(4096, 2048, 0, static=True)
 
 
 def test_a_static_cache_gives_the_logits_of_the_growing_one():

@@ -2,9 +2,11 @@
 
 import torch
 
+from lmlab.kv_cache import KVCache
+
 from lmlab.model import Transformer
 from tests.conftest import TINY, model_cfg
-from tests.test_generate import greedy_rows
+from tests.test_generate import greedy_rows, recorded_caches
 
 
 def sharp_model(*extra):
@@ -40,3 +42,18 @@ def test_a_batch_past_the_context_whose_longest_row_ended():
     ended = greedy_rows(model, prompts, 40, eos_id=eos)
     assert ended[0] == [eos]
     assert ended[1] == (full[1][: full[1].index(eos) + 1] if eos in full[1] else full[1])
+
+
+def test_a_cache_sized_to_the_generation_reaches_the_context_or_restarts(monkeypatch):
+    """The cache holds the longest prompt and the new tokens, at most the context (16): up to the
+    context's end the tokens are recomputation's, without a restart; past it the cache has the
+    context's slots and each row restarts, as it would alone."""
+    model = sharp_model("model/position=rope")
+    made = recorded_caches(monkeypatch)
+    prompts = [[3, 1, 4], [1, 5, 9, 2, 6]]
+    for n, slots in ((8, 13), (11, 16), (12, 16)):  # 5 + 12 - 1: the last step's window is 16
+        assert greedy_rows(model, prompts, n) == greedy_rows(model, prompts, n, use_cache=False), n
+        assert made.pop().max_len == slots
+    batched = greedy_rows(model, prompts, 30)
+    assert [c.max_len for c in made] == [16] and made[0].layers[0].k.shape[2] == 16
+    assert batched == [greedy_rows(model, [p], 30)[0] for p in prompts]

@@ -10,6 +10,12 @@ re-encoded from position 0 - as recomputation crops its input, but keeping half 
 of a full one, so that the next half window of steps are cheap decoding steps. In a batch each row
 restarts when it would alone (the cache is then re-encoded from every row's window), so that a
 row's tokens do not depend on the lengths of the prompts beside it.
+
+The KV cache holds what the generation needs (``cache_len``): the longest prompt window plus
+``max_new_tokens`` slots where that fits in the context (no window can then fill, so nothing
+restarts), else the context; a compiled model's static cache rounds that up to a power of two,
+at least 1,024. A model imported with a context of 131,072 tokens thus allocates a few dozen
+slots per layer for a short prompt (compiled: 1,024), not 131,072.
 """
 
 from __future__ import annotations
@@ -53,6 +59,23 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator)
 
 
+STATIC_MIN_SLOTS = 1024  # a static cache's least size: contexts up to it keep one compiled shape
+
+
+def cache_len(context: int, window: int, new_tokens: int, static: bool = False) -> int:
+    """Slots of the KV cache for ``new_tokens`` steps after prompt windows of at most ``window``
+    tokens: ``window + new_tokens`` where that is within ``context`` (a row restarts only once its
+    window passes the context, which it then never does), else ``context``, where rows restart on
+    half a window. A static cache (compiled decoding: its step is compiled for the cache's shape)
+    takes the next power of two, at least STATIC_MIN_SLOTS, within the context, so that prompts of
+    other lengths reuse the compiled step: a context up to 1,024 always gets one shape, a longer
+    one a few (1,024, 2,048, ...)."""
+    need = max(window + new_tokens, 1)
+    if static:
+        need = max(STATIC_MIN_SLOTS, 1 << (need - 1).bit_length())
+    return min(context, need)
+
+
 def left_pad(rows: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token lists -> ids (B, T) left-padded with 0, and pad (B, T) True at padding (None if the
     rows are all as long)."""
@@ -82,8 +105,8 @@ def stream_tokens(
     """Generate after each prompt (token-id lists, any lengths) in one batch; yield after every
     step each sequence's new token, or None for a sequence that had already ended. A sequence
     ends after ``eos_id`` (yielded), or once ``is_done(row, its new tokens)`` is true. With
-    ``use_cache`` the prompts are encoded once and each step feeds only the newest tokens;
-    without it, every step recomputes the (cropped) whole sequences. ``vocab``: sample only ids
+    ``use_cache`` the prompts are encoded once, into a cache of ``cache_len`` slots, and each
+    step feeds only the newest tokens; without it, every step recomputes the (cropped) whole sequences. ``vocab``: sample only ids
     below it (those a tokenizer can decode, where the model's vocabulary is padded past them)."""
     was_training = model.training
     model.eval()
@@ -92,8 +115,12 @@ def stream_tokens(
     rows = [list(p) for p in prompts]
     new: list[list[int]] = [[] for _ in rows]
     done = [False] * len(rows)
-    cache = KVCache.for_model(model) if use_cache else None
     start = [max(len(r) - ctx, 0) for r in rows]  # where each row's window (in the cache) begins
+    cache = None
+    if use_cache:
+        window = max((len(r) - s for r, s in zip(rows, start)), default=0)
+        static = getattr(model, "compiled_decoding", False)
+        cache = KVCache.for_model(model, cache_len(ctx, window, max_new_tokens, static))
     feed = [r[s:] for r, s in zip(rows, start)]
     try:
         for _ in range(max_new_tokens):

@@ -2,14 +2,15 @@
 
 A Hugging Face checkpoint directory holds ``config.json`` and ``model.safetensors`` (or sharded
 ``model-*.safetensors`` with an index). Importing reads them directly, without ``transformers``;
-exporting writes the same two files, which ``transformers`` then loads with ``from_pretrained``.
+exporting writes the same two files, which ``transformers`` then loads with ``from_pretrained``,
+and GPT-2's tokenizer files beside them (``hf_tokenizer.py``; with ``transformers`` installed).
 
 - ``load_hf(path) -> (cfg, state_dict)``: the lmlab model config dict and an lmlab state dict;
 - ``import_hf(path) -> Transformer``: the built model with those weights;
-- ``export_hf(model, path, layout=None)``: write ``model`` as a GPT-2 or Llama checkpoint. The
-  layout is guessed from the components when not given; a component with no Hugging Face
-  equivalent in that layout (ALiBi, MoE, a sliding window, QK-norm, post-norm, ...) is refused
-  with a one-line ValueError naming it.
+- ``export_hf(model, path, layout=None, tokenizer="gpt2")``: write ``model`` as a GPT-2 or Llama
+  checkpoint, with the tokenizer the model was trained with. The layout is guessed from the
+  components when not given; a component with no Hugging Face equivalent in that layout (ALiBi,
+  MoE, a sliding window, QK-norm, post-norm, ...) is refused with a one-line ValueError naming it.
 
 The per-layout mappings live in gpt2.py and llama.py.
 """
@@ -23,6 +24,7 @@ import torch
 
 from lmlab.interop.exportable import guess_layout
 from lmlab.interop.gpt2 import gpt2_in, gpt2_out
+from lmlab.interop.hf_tokenizer import check_name, save_tokenizer
 from lmlab.interop.llama import llama_in, llama_out
 from lmlab.model.transformer import Transformer
 
@@ -63,10 +65,14 @@ def import_hf(path: str | Path) -> Transformer:
     return model.eval()
 
 
-def export_hf(model: Transformer, path: str | Path, layout: str | None = None) -> Path:
-    """Write ``model`` as a Hugging Face checkpoint directory (config.json, model.safetensors)."""
+def export_hf(model: Transformer, path: str | Path, layout: str | None = None,
+              tokenizer: str | None = "gpt2") -> Path:
+    """Write ``model`` as a Hugging Face checkpoint directory (config.json, model.safetensors)
+    with the files of ``tokenizer`` (the ``data.tokenizer`` it was trained with): GPT-2's, where
+    transformers is installed; for None or another encoding, none. One log line says which."""
     from safetensors.torch import save_file
 
+    check_name(tokenizer)
     layout = layout or guess_layout(model)
     if layout not in LAYOUTS:
         raise ValueError(f"layout: unknown {layout!r}; valid choices: {', '.join(LAYOUTS)}")
@@ -78,6 +84,7 @@ def export_hf(model: Transformer, path: str | Path, layout: str | None = None) -
     (path / "config.json").write_text(json.dumps(hf, indent=2))
     save_file({k: v.detach().to(dtype).contiguous().cpu() for k, v in sd.items()},
               str(path / "model.safetensors"), metadata={"format": "pt"})
+    save_tokenizer(path, tokenizer, hf, model.context_length)
     return path
 
 
