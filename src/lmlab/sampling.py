@@ -106,8 +106,9 @@ def stream_tokens(
     step each sequence's new token, or None for a sequence that had already ended. A sequence
     ends after ``eos_id`` (yielded), or once ``is_done(row, its new tokens)`` is true. With
     ``use_cache`` the prompts are encoded once, into a cache of ``cache_len`` slots, and each
-    step feeds only the newest tokens; without it, every step recomputes the (cropped) whole sequences. ``vocab``: sample only ids
-    below it (those a tokenizer can decode, where the model's vocabulary is padded past them)."""
+    step feeds only the newest tokens; without it, every step recomputes the (cropped) whole
+    sequences. ``vocab``: sample only ids below it (those a tokenizer can decode, where the
+    model's vocabulary is padded past them)."""
     was_training = model.training
     model.eval()
     ctx = model.context_length
