@@ -132,8 +132,8 @@ def lightning_steps(cfg, steps: int) -> list[float]:
     L.seed_everything(0, verbose=False)
     module, data = build_module(cfg), build_datamodule(cfg)
     clock = StepClock()
-    trainer, _ = make_trainer(cfg, [hydra.utils.instantiate(cfg.logger.csv)], [clock], max_steps=steps,
-                              val_check_interval=None, limit_val_batches=0, max_time=None)
+    trainer, *_ = make_trainer(cfg, [hydra.utils.instantiate(cfg.logger.csv)], [clock], max_steps=steps,
+                               val_check_interval=None, limit_val_batches=0, max_time=None)
     trainer.fit(module, datamodule=data)
     return clock.step_times()
 

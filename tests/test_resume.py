@@ -15,6 +15,7 @@ import torch
 from lmlab.errors import UserError
 from lmlab.resume import AtomicCheckpointIO
 from lmlab.run_record import job_status
+from lmlab.train_clock import TrainClock
 from lmlab.validate import check_config
 from tests.conftest import ROOT
 from tests.test_errors_config import job_cfg
@@ -45,6 +46,19 @@ def checkpoint_step(path):
         return -1
 
 
+def train_time(path):
+    """The training time a checkpoint records: the run's, up to the checkpoint's save."""
+    state = torch.load(path, weights_only=True, map_location="cpu")["callbacks"]
+    return state[TrainClock().state_key]["train_time_s"]
+
+
+def timed_run(*overrides):
+    """``run("train.py", *overrides)`` and its wall clock, which holds the run's ``trainer.fit``."""
+    t0 = time.perf_counter()
+    run("train.py", *overrides)
+    return time.perf_counter() - t0
+
+
 def start_and_kill(run_dir, sig, cache, after_step=30, extra=()):
     """Start `python train.py`, wait for a checkpoint past ``after_step``, send ``sig``; the step
     of the last checkpoint and the exit status."""
@@ -66,12 +80,17 @@ def test_killed_run_resumes_with_identical_losses(uninterrupted, tmp_path, sig):
     full, cache = uninterrupted
     step, _ = start_and_kill(tmp_path / "a", sig, cache)
     assert 30 <= step < STEPS  # killed mid-way, after a checkpoint
-    run("train.py", *RESUMABLE, f"ckpt_path={tmp_path / 'a/checkpoints/last.ckpt'}",
-        f"hydra.run.dir={tmp_path / 'a'}", f"paths.cache_dir={cache}")  # resumed in place
+    before = train_time(tmp_path / "a/checkpoints/last.ckpt")  # the first session's, to its save
+    wall = timed_run(*RESUMABLE, f"ckpt_path={tmp_path / 'a/checkpoints/last.ckpt'}",
+                     f"hydra.run.dir={tmp_path / 'a'}", f"paths.cache_dir={cache}")  # resumed in place
     # bit-exact (data, optimizer, schedule), and the run's csv/metrics.csv holds its whole history
     for key in ("train/loss", lr_key(full), "val/loss"):
         assert logged(tmp_path / "a", key) == logged(full, key), key
     assert len(logged(full, "train/loss")) == STEPS
+    # the record's training time is the whole run's, as its steps are: the first session's, up
+    # to the checkpoint, and the resumed session's, which ran inside the resuming process
+    record = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert record["steps"] == STEPS and 0 < before < record["train_time_s"] <= before + wall
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -96,8 +115,17 @@ def test_resuming_with_another_length_is_refused_unless_extended(uninterrupted, 
         f"trainer.max_steps: the checkpoint's run was planned for {STEPS} steps, "
         f"not 130; resume with trainer.max_steps={STEPS}, or add module.extend=true to decay "
         f"the LR from step {STEPS} to the new end")
-    run("train.py", *RESUMABLE, "trainer.max_steps=130", "module.extend=true", f"ckpt_path={ckpt}",
-        f"hydra.run.dir={tmp_path / 'y'}", f"paths.cache_dir={cache}")
+    # the checkpoint says 10^6 s were spent training before it: the resumed run's training time
+    # is that and its own, which fits in the resuming process's wall clock
+    state = torch.load(ckpt, weights_only=True, map_location="cpu")
+    state["callbacks"][TrainClock().state_key]["train_time_s"] = earlier = 1e6
+    torch.save(state, tmp_path / "earlier.ckpt")
+    wall = timed_run(*RESUMABLE, "trainer.max_steps=130", "module.extend=true",
+                     f"ckpt_path={tmp_path / 'earlier.ckpt'}", f"hydra.run.dir={tmp_path / 'y'}",
+                     f"paths.cache_dir={cache}")
+    record = json.loads((tmp_path / "y" / "metrics.json").read_text())
+    assert record["steps"] == 130 and earlier < record["train_time_s"] <= earlier + wall
+    assert earlier < train_time(tmp_path / "y/checkpoints/last.ckpt") <= record["train_time_s"]
     lr = logged(tmp_path / "y", lr_key(full))
     assert sorted(lr) == list(range(STEPS, 130))
     # the plan had decayed to its minimum at step 120: the extension goes on from there, where a

@@ -2,6 +2,7 @@
 save an HPC checkpoint and call `scontrol requeue <job id>`; the requeued job, started again in
 the same run directory, resumes from that checkpoint by itself."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tests.test_resume import RESUMABLE, STEPS, checkpoint_step, logged
+from tests.test_resume import RESUMABLE, STEPS, checkpoint_step, logged, train_time
 
 # A stand-in for SLURM's scontrol: it records its arguments, then ends the job as a requeue does.
 SCONTROL = """#!/bin/sh
@@ -48,10 +49,15 @@ def test_preemption_signal_saves_requeues_and_the_requeued_job_resumes(uninterru
     hpc = run_dir / "hpc_ckpt_1.ckpt"
     saved_at = torch.load(hpc, weights_only=True, map_location="cpu")["global_step"]
     assert 20 <= saved_at < STEPS
+    before = train_time(hpc)  # the first session's training time, up to the HPC checkpoint
 
     # SLURM starts the requeued job with the same command, environment and run directory
+    t0 = time.perf_counter()
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    wall = time.perf_counter() - t0
     assert again.returncode == 0, again.stderr[-3000:]
+    # the record's training time is both sessions': the first's to its checkpoint, and the second's
+    assert 0 < before < json.loads((run_dir / "metrics.json").read_text())["train_time_s"] <= before + wall
     out = again.stdout + again.stderr + (run_dir / "train.log").read_text()
     assert f"Restoring states from the checkpoint path at {hpc}" in out  # went on from the checkpoint
     # exactly (saved between two steps), and the run's csv/metrics.csv keeps the steps before it

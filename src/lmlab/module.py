@@ -29,7 +29,9 @@ class LanguageModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()  # plain containers only, so load_from_checkpoint works
         self.model = Transformer(model)
-        self.val_loss = MeanMetric()
+        # the running mean cross-entropy of a validation or a test pass; its state is not
+        # persistent (torchmetrics' default), so it is in no state_dict and no checkpoint
+        self.held_out_ce = MeanMetric()
         self._anchor: tuple[int, float] | None = None  # set when a resumed run extends its length
 
     def forward(self, idx: torch.Tensor):
@@ -60,11 +62,11 @@ class LanguageModule(L.LightningModule):
     def _accumulate(self, batch) -> None:
         """Add a held-out batch's cross-entropy to the running mean (validation or test)."""
         ce, _ = self._step(batch)
-        self.val_loss.update(ce, weight=batch.shape[0])
+        self.held_out_ce.update(ce, weight=batch.shape[0])
 
     def _held_out_loss(self) -> torch.Tensor:
-        loss = self.val_loss.compute()
-        self.val_loss.reset()
+        loss = self.held_out_ce.compute()
+        self.held_out_ce.reset()
         return loss
 
     def validation_step(self, batch, batch_idx):

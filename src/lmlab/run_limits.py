@@ -21,7 +21,9 @@ def sweep_time_limit(cfg: DictConfig, job: dict) -> None:
 
 
 def stopped_by(trainer) -> str:
-    """``max_steps`` (ran to the end), ``max_time`` (the Timer stopped it first) or ``other``."""
+    """``max_steps`` (ran to the end), ``max_time`` (the Timer stopped it first) or ``other``
+    (anything else that ended ``trainer.fit`` without an error: ``trainer.max_epochs``, a
+    callback that set ``trainer.should_stop``)."""
     if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
         return "max_steps"
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)

@@ -17,7 +17,11 @@ class ThroughputMeter(L.Callback):
     (lmlab.hardware.peak_flops; on a CPU measured at the start, and again at the end for the run's
     figure, the higher kept). Over the run it keeps the tokens of all batches but the first
     (warm-up) over their summed step times, data loading, validation and checkpointing left out:
-    steadier than any one step's figure."""
+    steadier than any one step's figure.
+
+    A resumed run's figures are its last session's: a rate needs no earlier sessions to be right,
+    and a requeued job may run on another device, against another peak. Its training time is the
+    whole run's (lmlab.train_clock), as its steps and tokens are."""
 
     def __init__(self):
         self.tokens, self.seconds, self._batches = 0, 0.0, 0

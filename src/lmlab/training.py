@@ -25,6 +25,7 @@ from lmlab.run_limits import stopped_by, sweep_time_limit, tokens_per_step
 from lmlab.run_record import hydra_job, start_record, write_record
 from lmlab.sampling import sample_text
 from lmlab.throughput import ThroughputMeter
+from lmlab.train_clock import TrainClock
 
 log = logging.getLogger("lmlab")
 
@@ -91,32 +92,36 @@ def run_training(cfg: DictConfig) -> dict:
 
 
 def make_trainer(cfg: DictConfig, loggers: list, extra_callbacks: tuple | list = (), **overrides):
-    """(The run's Trainer, its throughput meter): the config's callbacks and lmlab's own
-    (divergence guard, throughput meter, RNG state, signals held to step boundaries, progress
-    bar), checkpoints written atomically; ``overrides`` replace ``cfg.trainer`` keys."""
+    """(The run's Trainer, its throughput meter, its training clock): the config's callbacks and
+    lmlab's own (divergence guard, throughput meter, training clock, RNG state, signals held to
+    step boundaries, progress bar), checkpoints written atomically; ``overrides`` replace
+    ``cfg.trainer`` keys. The clock counts only inside its ``timing()`` block (see ``fit``)."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    meter = ThroughputMeter()
-    callbacks += [DivergenceGuard(), ValidateLastStep(), meter, RNGState(), StepBoundarySignals(),
-                  CsvHistory(loggers),
+    meter, clock = ThroughputMeter(), TrainClock()
+    callbacks += [DivergenceGuard(), ValidateLastStep(), meter, clock, RNGState(),
+                  StepBoundarySignals(), CsvHistory(loggers),
                   *progress_bars(cfg.trainer.get("enable_progress_bar", True) is not False),
                   *extra_callbacks]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                                       plugins=[AtomicCheckpointIO()], **overrides)
-    return trainer, meter
+    return trainer, meter, clock
 
 
 def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_dir: Path) -> dict:
     """Fit, then validate the best checkpoint, sample from it and write the final record."""
-    trainer, meter = make_trainer(cfg, loggers)
-    t0 = time.perf_counter()
+    trainer, meter, clock = make_trainer(cfg, loggers)
     ckpt_path = cfg.get("ckpt_path") or requeued_checkpoint(out_dir)
     device = trainer.strategy.root_device
     reset_peak_memory(device)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    with clock.timing():  # train_time_s: this call's wall clock plus the checkpoint's (TrainClock)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if cfg.get("reuse_freed_memory", True):  # set for the training steps (lmlab.cli)
         return_freed_memory()  # the held-out passes below would grow the heap batch by batch
 
-    metrics = fit_metrics(cfg, trainer, module, meter, record, time.perf_counter() - t0, device)
+    metrics = fit_metrics(cfg, trainer, module, meter, record, clock.seconds, device)
+    if clock.earlier and trainer.is_global_zero:
+        log.info(f"training time {clock.seconds:,.1f} s: {clock.session_s:,.1f} s in this session, "
+                 f"{clock.earlier:,.1f} s before it (up to the checkpoint it resumed from)")
     if meter.tokens_per_s is not None and trainer.is_global_zero:
         log.info(f"{meter.summary()}; peak memory {metrics['peak_memory_gib']:.2f} GiB "
                  f"({peak_memory_kind(device)})")
@@ -142,9 +147,10 @@ def fit(cfg: DictConfig, module, datamodule, loggers: list, record: dict, out_di
 
 def fit_metrics(cfg: DictConfig, trainer: L.Trainer, module, meter: ThroughputMeter, record: dict,
                 train_time_s: float, device) -> dict:
-    """The run record's figures once ``trainer.fit`` has returned: size, steps, tokens, time,
-    why it stopped, DDP replicas' checksums, throughput, peak memory on ``device`` and the
-    last validation loss."""
+    """The run record's figures once ``trainer.fit`` has returned: size, steps, tokens, training
+    time, why it stopped, DDP replicas' checksums, throughput, peak memory on ``device`` and the
+    last validation loss. Steps, tokens and ``train_time_s`` count every session of a resumed run;
+    tokens/s, MFU and peak memory are this session's (a requeue may land on another device)."""
     m = module.model
     metrics = dict(record, status="completed", params=m.num_params(), active_params=m.active_params(),
                    flops_per_token=m.flops_per_token(), steps=trainer.global_step,
