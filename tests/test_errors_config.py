@@ -174,6 +174,8 @@ BAD = [
      "model.n_heads=4 is not divisible by model.attention.n_kv_heads=3"),
     (["model/ffn=moe", "model.ffn.top_k=9"], "model.ffn.top_k: 9 must be between 1 and model.ffn.n_experts=8"),
     (["model/ffn=moe", "model.ffn.top_k=0"], "model.ffn.top_k: 0 must be between 1 and model.ffn.n_experts=8"),
+    (["model/ffn=moe", "model.ffn.eval_capacity_factor=0"],
+     "model.ffn.eval_capacity_factor: 0 must be positive or null (dropless)"),
     (["model/position=learned", "model.position.max_positions=8"], "model.position.max_positions=8 is shorter than model.context_length=16"),
     (["model/position=rope", "model.d_model=30", "model.n_heads=2"], "model/position=rope"),
     (["model.d_model=-8"], "model.d_model=-8: must be an integer >= 1"),

@@ -37,6 +37,8 @@ from tests.conftest import TINY, model_cfg
      "model.ffn.top_k=1.5: must be an integer between 1 and model.ffn.n_experts=8"),
     (["model/ffn=moe", "model.ffn.capacity_factor=abc"],
      "model.ffn.capacity_factor: 'abc' must be positive or null (dropless)"),
+    (["model/ffn=moe", "model.ffn.eval_capacity_factor=true"],
+     "model.ffn.eval_capacity_factor: True must be positive or null (dropless)"),
 ])
 def test_a_bad_component_value_is_named_by_its_constructor(overrides, message):
     with torch.device("meta"), pytest.raises(ValueError) as err:
@@ -46,6 +48,7 @@ def test_a_bad_component_value_is_named_by_its_constructor(overrides, message):
 
 def test_the_edges_that_are_allowed_build():
     for overrides in (["model.attention.qkv_bias=null"], ["model.dropout=0.0"],
-                      ["model/ffn=moe", "model.ffn.aux_loss_coef=0", "model.ffn.hidden_dim=null"]):
+                      ["model/ffn=moe", "model.ffn.aux_loss_coef=0", "model.ffn.hidden_dim=null"],
+                      ["model/ffn=moe", "model.ffn.capacity_factor=0.5", "model.ffn.eval_capacity_factor=2"]):
         with torch.device("meta"):
             Transformer(model_cfg([*TINY, *overrides]))

@@ -16,15 +16,17 @@ MOE_TINY = ["model/ffn=moe", "model.vocab_size=256", *TINY]
 
 
 # ---- 1. dispatch equals a per-token, per-expert reference loop ------------------------------
-def reference_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+def reference_moe(moe: MoE, x: torch.Tensor, cf=...) -> torch.Tensor:
     """The MoE written the obvious way: route each token, run its chosen experts one by one,
-    dropping assignments past an expert's capacity (first choices first, then token order)."""
+    dropping assignments past an expert's capacity (first choices first, then token order), by
+    the capacity factor ``cf`` (not given: ``moe.capacity_factor``; None: dropless)."""
     shape = x.shape
     x = x.reshape(-1, shape[-1])
     N = x.shape[0]
     logits = x @ moe.router.weight.t()
     scores = logits.softmax(-1) if moe.score == "softmax" else logits.sigmoid()
-    cap = math.ceil(moe.capacity_factor * N * moe.top_k / moe.n_experts) if moe.capacity_factor else N * moe.top_k
+    cf = moe.capacity_factor if cf is ... else cf
+    cap = math.ceil(cf * N * moe.top_k / moe.n_experts) if cf else N * moe.top_k
     taken = [0] * moe.n_experts
     rows = [torch.zeros(shape[-1]) for _ in range(N)]
     choices = []

@@ -5,6 +5,12 @@ token's output is the weighted sum of those experts' outputs (plus optional shar
 every token). Dispatch sorts the (token, expert) assignments by expert so that each expert runs one
 matmul on a contiguous slice, and the weighted outputs are added back per token with ``index_add``.
 
+Capacity (Switch, GShard): with a capacity factor ``cf`` an expert takes at most
+``ceil(cf * N * top_k / E)`` of a forward pass's ``N`` tokens, so a token's output depends on the
+tokens it is computed with. ``capacity_factor`` applies in training mode and ``eval_capacity_factor``
+otherwise (evaluation, generation), as t5x/flaxformer's train and eval capacity factors; null is
+dropless, the default for both, so held-out losses and generated tokens do not depend on the batch.
+
 Balancing, each switched on by its coefficient:
 
 - ``aux_loss_coef``: Switch/GShard load-balancing loss ``E * sum_e f_e * P_e`` per layer, with
@@ -68,6 +74,7 @@ class MoE(nn.Module):
         score: str = "softmax",
         renormalize: bool = True,
         capacity_factor: float | None = None,
+        eval_capacity_factor: float | None = None,
         aux_loss_coef: float = 0.01,
         z_loss_coef: float = 0.0,
         bias_update_rate: float = 0.0,
@@ -90,13 +97,14 @@ class MoE(nn.Module):
             raise ValueError(
                 f"model.ffn.top_k: {top_k} must be between 1 and model.ffn.n_experts={n_experts}"
             )
-        if capacity_factor is not None and not (is_number(capacity_factor) and capacity_factor > 0):
-            raise ValueError(
-                f"model.ffn.capacity_factor: {capacity_factor!r} must be positive or null (dropless)"
-            )
+        for key, cf in [("capacity_factor", capacity_factor),
+                        ("eval_capacity_factor", eval_capacity_factor)]:
+            if cf is not None and not (is_number(cf) and cf > 0):
+                raise ValueError(f"model.ffn.{key}: {cf!r} must be positive or null (dropless)")
         self.n_experts, self.top_k = n_experts, top_k
         self.score, self.renormalize = score, renormalize
-        self.capacity_factor = capacity_factor
+        self.capacity_factor = capacity_factor  # in training mode
+        self.eval_capacity_factor = eval_capacity_factor  # in eval mode
         self.aux_loss_coef, self.z_loss_coef = aux_loss_coef, z_loss_coef
         self.bias_update_rate = bias_update_rate
 
@@ -140,9 +148,12 @@ class MoE(nn.Module):
         return logits, probs, choice, weights
 
     def capacity(self, n_tokens: int) -> int | None:
-        if self.capacity_factor is None:
+        """The most assignments an expert takes of a pass over ``n_tokens`` tokens, by the capacity
+        factor of the module's mode (training or eval); None: dropless."""
+        cf = self.capacity_factor if self.training else self.eval_capacity_factor
+        if cf is None:
             return None
-        return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts)
+        return math.ceil(cf * n_tokens * self.top_k / self.n_experts)
 
     # ---- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
