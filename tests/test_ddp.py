@@ -1,11 +1,14 @@
 """Real multi-process DDP over gloo through `python train.py`, compared with one process."""
 
 import json
+import os
 
 import pytest
 import torch
 
+from tests.conftest import compose_cfg
 from tests.test_resume import logged
+from tests.test_sweep import wandb_records
 from tests.test_train_cli import FAST, run
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
@@ -56,19 +59,56 @@ def test_moe_under_ddp_with_experts_idle_on_a_rank(tmp_path):
 
 @pytest.mark.slow
 def test_multirun_with_ddp_runs_each_job_in_its_own_directory(tmp_path):
-    """`-m` + DDP: each job runs as a single run (lmlab.multirun_ddp); no hang, no stray dirs."""
+    """`-m` + DDP: each job runs as a single run (lmlab.multirun_ddp); no hang, no stray dirs. Its
+    W&B run (rank 0's, the only one) is named, grouped and tagged as a sweep's job without DDP
+    is, not as the single run the child is (all its overrides, no job number, no group)."""
     sweep = tmp_path / "sweep"
-    run("train.py", "-m", *FAST, *STEPS, *DDP, "seed=0,1", f"hydra.sweep.dir={sweep}",
-        f"paths.cache_dir={tmp_path / 'cache'}", timeout=500)
+    run("train.py", "-m", *FAST, *STEPS, *DDP, "model/attention=choice(mha)", "seed=0,1",
+        "logger=wandb", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}",
+        timeout=500)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert len(list(sweep.rglob("offline-run-*"))) == 2  # one W&B run per job, in its directory
     losses = []
     for job in ("0", "1"):
         record = json.loads((sweep / job / "metrics.json").read_text())
         assert record["status"] == "completed" and record["world_size"] == 2
         assert record["max_time"] is None  # a sweep's arm, not a single run: no 8:45 limit
-        assert record["variant"] == [f"seed={job}"]
+        assert record["variant"] == ["model/attention=mha", f"seed={job}"]
         losses.append(logged(sweep / job, "train/loss")[0])
+        (run_file,) = (sweep / job / "wandb").glob("offline-run-*/run-*.wandb")
+        (wb,) = [r.run for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run"]
+        assert wb.display_name == f"{job}:model/attention=mha,seed={job}"  # job number: variant
+        assert wb.run_group == f"{tmp_path.name}/sweep"  # the sweep directory's last two parts
+        assert list(wb.tags) == ["model/attention=mha"]  # the variant but the seed
     assert losses[0] != losses[1]  # two seeds, two runs
+
+
+def test_a_ddp_jobs_child_run_takes_the_jobs_wandb_identity(tmp_path, monkeypatch):
+    """-m + DDP: the job passes its W&B identity to its child, a single run that would be named by
+    all its overrides, in the child's environment only; a group the config sets stays its own."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from lmlab import loggers, multirun_ddp
+
+    job = {"multirun": True, "overrides": ["a=1", "b=2", "seed=3"], "variant": ["a=1", "seed=3"],
+           "job_num": 5, "sweep_dir": str(tmp_path / "day" / "time")}
+    cfg = compose_cfg([*DDP, "logger=wandb", "logger.wandb.group=mine",
+                       f"paths.output_dir={tmp_path}"])
+    cfg.hydra.runtime.cwd = str(tmp_path)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", cfg)  # as in a job; undone after
+    monkeypatch.setattr(multirun_ddp, "hydra_job", lambda: job)
+    envs, done = [], type("Proc", (), {"returncode": 0})
+    monkeypatch.setattr(multirun_ddp.subprocess, "run", lambda cmd, **kw: envs.append(kw["env"]) or done)
+    multirun_ddp.run_as_child(cfg.copy())
+    assert loggers.JOB_IDENTITY_ENV not in os.environ  # the sweep's next job names itself
+
+    def identity(run_job):
+        (wl,) = [lg for lg in loggers.make_loggers(cfg, run_job) if hasattr(lg, "_wandb_init")]
+        return [wl._wandb_init[k] for k in ("name", "group", "tags")]
+
+    monkeypatch.setenv(loggers.JOB_IDENTITY_ENV, envs[0][loggers.JOB_IDENTITY_ENV])
+    assert identity({}) == ["5:a=1,seed=3", "mine", ["a=1"]]  # the child (its job: {} in a test)
+    assert identity({**job, "job_num": 6})[0] == "6:a=1,seed=3"  # a sweep's job: its own
 
 
 @pytest.mark.slow

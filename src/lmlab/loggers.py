@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.run_record import override_key
+
+# A -m + DDP job runs as a child single run (lmlab.multirun_ddp), which cannot tell it belongs to a
+# sweep: its parent, the sweep's job, passes the job's W&B identity (JSON) in this variable.
+JOB_IDENTITY_ENV = "LMLAB_WANDB_JOB_IDENTITY"
 
 
 def wandb_identity(job: dict, cfg: DictConfig) -> dict:
@@ -26,6 +32,15 @@ def wandb_identity(job: dict, cfg: DictConfig) -> dict:
     return ident
 
 
+def run_identity(job: dict, cfg: DictConfig) -> dict:
+    """This run's W&B identity: that of the sweep job whose child run it is, where its parent
+    passed one (``JOB_IDENTITY_ENV``; only a single run takes it), else its own."""
+    passed = os.environ.get(JOB_IDENTITY_ENV)
+    if passed and not job.get("multirun"):
+        return json.loads(passed)
+    return wandb_identity(job, cfg)
+
+
 def make_loggers(cfg: DictConfig, job: dict) -> list:
     """The loggers of ``cfg.logger``; a W&B logger gets the job's identity where the config
     leaves name, group or tags open."""
@@ -33,7 +48,7 @@ def make_loggers(cfg: DictConfig, job: dict) -> list:
     for c in (cfg.get("logger") or {}).values():
         kwargs = {}
         if c.get("_target_", "").endswith("WandbLogger"):
-            kwargs = {k: v for k, v in wandb_identity(job, cfg).items() if not c.get(k)}
+            kwargs = {k: v for k, v in run_identity(job, cfg).items() if not c.get(k)}
         loggers.append(hydra.utils.instantiate(c, **kwargs))
     return loggers
 

@@ -8,16 +8,27 @@ lightning-hydra-template #393). So a multirun job that asks for several devices 
 ``python -m lmlab <the job's overrides> hydra.run.dir=<job dir>``: an ordinary single run, whose
 DDP launch is the tested one, in the job's directory. Under SLURM (submitit) each rank is a SLURM
 task already and nothing is re-launched.
+
+The child, a single run, does not know its sweep: its W&B run would be named by all its overrides,
+with no job number and no group. So the job hands it its own W&B identity (name, group, tags) in
+the environment (lmlab.loggers.JOB_IDENTITY_ENV) rather than as ``++logger.wandb.*`` overrides,
+which would need Hydra-quoting of names holding ``=,/:`` (and ``${`` would be interpolated), would
+be added to the child's config (its W&B config would differ from a non-DDP job's) and to its
+record's overrides, and would have to find each W&B logger's key. The child's config is the job's,
+so a name, group or tags it sets explicitly is still kept (lmlab.loggers.make_loggers).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from lmlab.loggers import JOB_IDENTITY_ENV, wandb_identity
 from lmlab.run_record import hydra_job, job_status, read_record, write_record
 
 
@@ -43,7 +54,9 @@ def run_as_child(cfg: DictConfig) -> float | None:
     job, job_dir = hydra_job(), Path(cfg.paths.output_dir)
     cmd = [sys.executable, "-m", "lmlab", *child_overrides(list(HydraConfig.get().overrides.task)),
            f"hydra.run.dir={job_dir}", "hydra.output_subdir=.hydra_single_run"]
-    proc = subprocess.run(cmd, cwd=get_original_cwd())
+    # in the child's environment only: this process's later jobs are named by themselves
+    env = {**os.environ, JOB_IDENTITY_ENV: json.dumps(wandb_identity(job, cfg))}
+    proc = subprocess.run(cmd, cwd=get_original_cwd(), env=env)
     record = {**read_record(job_dir), "overrides": job["overrides"], "variant": job["variant"]}
     write_record(job_dir, record)  # the sweep's view of the job: its varied overrides
     if proc.returncode != 0:
