@@ -85,29 +85,23 @@ def test_multirun_with_ddp_runs_each_job_in_its_own_directory(tmp_path):
 
 def test_a_ddp_jobs_child_run_takes_the_jobs_wandb_identity(tmp_path, monkeypatch):
     """-m + DDP: the job passes its W&B identity to its child, a single run that would be named by
-    all its overrides, in the child's environment only; a group the config sets stays its own."""
-    from hydra.core.hydra_config import HydraConfig
-
+    all its overrides, in the child's environment only; a group the config sets stays its own, and
+    a sweep's job ignores an identity passed down. (The slow test above runs the whole path.)"""
     from lmlab import loggers, multirun_ddp
 
     job = {"multirun": True, "overrides": ["a=1", "b=2", "seed=3"], "variant": ["a=1", "seed=3"],
            "job_num": 5, "sweep_dir": str(tmp_path / "day" / "time")}
-    cfg = compose_cfg([*DDP, "logger=wandb", "logger.wandb.group=mine",
-                       f"paths.output_dir={tmp_path}"])
-    cfg.hydra.runtime.cwd = str(tmp_path)
-    monkeypatch.setattr(HydraConfig.instance(), "cfg", cfg)  # as in a job; undone after
-    monkeypatch.setattr(multirun_ddp, "hydra_job", lambda: job)
-    envs, done = [], type("Proc", (), {"returncode": 0})
-    monkeypatch.setattr(multirun_ddp.subprocess, "run", lambda cmd, **kw: envs.append(kw["env"]) or done)
-    multirun_ddp.run_as_child(cfg.copy())
+    cfg = compose_cfg(["logger=wandb", "logger.wandb.group=mine", f"paths.output_dir={tmp_path}"])
+    env = multirun_ddp.child_env(job, cfg)
     assert loggers.JOB_IDENTITY_ENV not in os.environ  # the sweep's next job names itself
 
     def identity(run_job):
         (wl,) = [lg for lg in loggers.make_loggers(cfg, run_job) if hasattr(lg, "_wandb_init")]
         return [wl._wandb_init[k] for k in ("name", "group", "tags")]
 
-    monkeypatch.setenv(loggers.JOB_IDENTITY_ENV, envs[0][loggers.JOB_IDENTITY_ENV])
-    assert identity({}) == ["5:a=1,seed=3", "mine", ["a=1"]]  # the child (its job: {} in a test)
+    assert identity({})[0] != "5:a=1,seed=3"  # a single run (its job: {} in a test) names itself
+    monkeypatch.setenv(loggers.JOB_IDENTITY_ENV, env[loggers.JOB_IDENTITY_ENV])  # as the child
+    assert identity({}) == ["5:a=1,seed=3", "mine", ["a=1"]]
     assert identity({**job, "job_num": 6})[0] == "6:a=1,seed=3"  # a sweep's job: its own
 
 

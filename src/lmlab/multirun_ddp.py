@@ -54,15 +54,19 @@ def run_as_child(cfg: DictConfig) -> float | None:
     job, job_dir = hydra_job(), Path(cfg.paths.output_dir)
     cmd = [sys.executable, "-m", "lmlab", *child_overrides(list(HydraConfig.get().overrides.task)),
            f"hydra.run.dir={job_dir}", "hydra.output_subdir=.hydra_single_run"]
-    # in the child's environment only: this process's later jobs are named by themselves
-    env = {**os.environ, JOB_IDENTITY_ENV: json.dumps(wandb_identity(job, cfg))}
-    proc = subprocess.run(cmd, cwd=get_original_cwd(), env=env)
+    proc = subprocess.run(cmd, cwd=get_original_cwd(), env=child_env(job, cfg))
     record = {**read_record(job_dir), "overrides": job["overrides"], "variant": job["variant"]}
     write_record(job_dir, record)  # the sweep's view of the job: its varied overrides
     if proc.returncode != 0:
         raise ChildRunFailed(record.get("error") if job_status(record) in ("failed", "interrupted")
                              else f"the job's run exited with status {proc.returncode}; see {job_dir}")
     return record.get("val_loss")
+
+
+def child_env(job: dict, cfg: DictConfig) -> dict[str, str]:
+    """The child's environment: this process's, with the job's W&B identity added (only there:
+    this process's later jobs are named by themselves)."""
+    return {**os.environ, JOB_IDENTITY_ENV: json.dumps(wandb_identity(job, cfg))}
 
 
 def child_overrides(task: list[str]) -> list[str]:
