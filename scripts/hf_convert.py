@@ -8,9 +8,10 @@ downloaded `gpt2` snapshot). OUT_DIR gets config.json, model.safetensors and, fo
 the tokenizer's files (tokenizer.json, tokenizer_config.json; written with transformers, where it
 is installed): AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained load it, and
 so does transformers' pipeline("text-generation", model=OUT_DIR). The tokenizer is the run's
-data.tokenizer (IN.ckpt's run directory, <run>/.hydra/config.yaml), else gpt2, lmlab's default;
---tokenizer names another or none. A checkpoint imported from Hugging Face carries no tokenizer
-name: export it with --tokenizer none (and copy the original's tokenizer files) unless it was GPT-2's.
+data.tokenizer (IN.ckpt's run directory, <run>/.hydra/config.yaml), else gpt2, lmlab's default,
+for a GPT-2-sized vocabulary; --tokenizer names another or none. A checkpoint imported from Hugging
+Face carries no tokenizer name: unless its vocabulary is GPT-2's, it is exported without tokenizer
+files (copy the original's).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+GPT2_VOCAB = 50257
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             model = hf.import_hf(args.src)
             hf.save_checkpoint(model, args.dst)
         else:
-            tokenizer = export_tokenizer(args.tokenizer, Path(args.src))
             model = hf.load_checkpoint(args.src)
+            tokenizer = export_tokenizer(args.tokenizer, Path(args.src), model.cfg["vocab_size"])
             hf.export_hf(model, args.dst, layout=args.layout, tokenizer=tokenizer)
     except (UserError, ValueError, FileNotFoundError) as err:
         print(f"hf_convert: error: {err}", file=sys.stderr)
@@ -64,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def export_tokenizer(option: str | None, ckpt: Path) -> str | None:
+def export_tokenizer(option: str | None, ckpt: Path, vocab_size: int) -> str | None:
     """The tokenizer an export writes: ``--tokenizer`` (none: None), else the data.tokenizer of
     the run that wrote ``ckpt`` (<run>/checkpoints/<name>.ckpt beside <run>/.hydra/config.yaml),
-    else gpt2 (lmlab's default)."""
+    else gpt2 (lmlab's default) where ``vocab_size`` is GPT-2's, padded by less than 64 (a
+    checkpoint imported from Hugging Face has no run: a Llama 3's 128,256 tokens are not GPT-2's)."""
     if option is not None:
         return None if option.lower() == "none" else option
     config = ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
@@ -77,7 +81,11 @@ def export_tokenizer(option: str | None, ckpt: Path) -> str | None:
         data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
         if isinstance(data, dict) and data.get("tokenizer"):
             return str(data["tokenizer"])
-    return "gpt2"
+    if GPT2_VOCAB <= vocab_size < GPT2_VOCAB + 64:
+        return "gpt2"
+    print(f"hf_convert: {ckpt} names no tokenizer (no run directory beside it) and its "
+          f"vocab_size={vocab_size} is not GPT-2's; pass --tokenizer to write one")
+    return None
 
 
 def bad_destination(cmd: str, dst: Path) -> str | None:

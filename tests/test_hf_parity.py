@@ -175,10 +175,10 @@ def test_convert_script_round_trip_through_an_lmlab_checkpoint(tmp_path, capsys)
     assert hf_convert.main(["export", str(tmp_path / "m.ckpt"), str(tmp_path / "out")]) == 0
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
     torch.testing.assert_close(_hf_logits(back, idx), want, atol=1e-5, rtol=1e-5)
-    # its 96 tokens cannot hold GPT-2's tokenizer (the default): said on stdout, in one line
+    # imported, it names no tokenizer, and its 96 tokens are not GPT-2's: said on stdout
     assert capsys.readouterr().out.splitlines()[0] == (
-        f"hf_convert: tokenizer: no tokenizer files written to {tmp_path / 'out'}: gpt2 has 50,257 tokens, "
-        f"more than the model's vocab_size={VOCAB}; AutoTokenizer.from_pretrained will not load it")
+        f"hf_convert: {tmp_path / 'm.ckpt'} names no tokenizer (no run directory beside it) and its "
+        f"vocab_size={VOCAB} is not GPT-2's; pass --tokenizer to write one")
 
     # a refused layout, as a user sees it: one line on stderr, exit status 2
     env = {**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")}

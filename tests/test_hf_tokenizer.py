@@ -80,7 +80,9 @@ def test_an_export_without_a_tokenizer_says_why(tmp_path, caplog, monkeypatch):
 
 def test_the_convert_script_exports_the_runs_tokenizer(tmp_path):
     """hf_convert export: --tokenizer, else the data.tokenizer of the run that wrote the
-    checkpoint (<run>/.hydra/config.yaml beside <run>/checkpoints/), else gpt2."""
+    checkpoint (<run>/.hydra/config.yaml beside <run>/checkpoints/), else gpt2 for a GPT-2-sized
+    vocabulary and none for another (an imported Llama 3's 128,256 tokens: GPT-2's files fit
+    its embedding but are not its tokenizer)."""
     import importlib.util
 
     from tests.conftest import ROOT
@@ -89,9 +91,12 @@ def test_the_convert_script_exports_the_runs_tokenizer(tmp_path):
     hf_convert = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hf_convert)
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert hf_convert.export_tokenizer(None, ckpt) == "gpt2"  # no run directory
+    assert hf_convert.export_tokenizer(None, ckpt, 50257) == "gpt2"  # no run directory
+    assert hf_convert.export_tokenizer(None, ckpt, 50304) == "gpt2"  # padded to a multiple of 64
+    assert hf_convert.export_tokenizer(None, ckpt, 128256) is None
+    assert hf_convert.export_tokenizer("gpt2", ckpt, 128256) == "gpt2"
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text("data:\n  tokenizer: cl100k_base\n")
-    assert hf_convert.export_tokenizer(None, ckpt) == "cl100k_base"
-    assert hf_convert.export_tokenizer("none", ckpt) is None
-    assert hf_convert.export_tokenizer("gpt2", ckpt) == "gpt2"
+    assert hf_convert.export_tokenizer(None, ckpt, 100277) == "cl100k_base"
+    assert hf_convert.export_tokenizer("none", ckpt, 50257) is None
+    assert hf_convert.export_tokenizer("gpt2", ckpt, 50257) == "gpt2"
