@@ -7,6 +7,9 @@ a validation whose score is the best saves nothing. Here the top-k is saved at e
 the score just measured, and ``every_n_train_steps`` writes ``last.ckpt`` only (for resuming a
 pre-empted or requeued job; where a validation follows at the same step, it writes ``last.ckpt``
 again, with its score).
+
+``last.ckpt`` is written at every validation, as Lightning did before 2.6 (since, only beside a
+new best: a run resumed from it went back to its best validation's step).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class ValidatedCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose top-k is saved at validation; ``every_n_train_steps=N`` also
-    writes ``last.ckpt`` every N optimizer steps (it needs ``save_last``)."""
+    """``ModelCheckpoint`` whose top-k is saved at validation, and ``last.ckpt`` at every
+    validation; ``every_n_train_steps=N`` also writes ``last.ckpt`` every N optimizer steps (it
+    needs ``save_last``)."""
 
     def __init__(self, *args, every_n_train_steps: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)  # no step trigger: the top-k is saved at each validation
@@ -33,3 +37,9 @@ class ValidatedCheckpoint(ModelCheckpoint):
             saved = self._last_global_step_saved
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._last_global_step_saved = saved  # a validation at this step still saves its top-k
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)  # the top-k, and last.ckpt beside a new best
+        if (self.save_last is True and not self._should_skip_saving_checkpoint(trainer)
+                and not self._should_save_on_train_epoch_end(trainer)):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -1,0 +1,68 @@
+"""The checkpoint callback (conf/callbacks/default.yaml, lmlab.validated_checkpoint) in a real
+Lightning Trainer, over a module whose validation loss at each step is given, so that which
+validation is the best, and which is not, is known."""
+
+import hydra
+import lightning as L
+import pytest
+import torch
+
+from lmlab.resume import AtomicCheckpointIO
+from tests.conftest import compose_cfg
+
+
+class ScoredModule(L.LightningModule):
+    """One weight trained toward 1; its validation loss at step s is ``scores[s]``."""
+
+    def __init__(self, scores: dict[int, float]):
+        super().__init__()
+        self.scores = scores
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - 1).pow(2).sum()
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def on_validation_epoch_end(self):
+        self.log("val/loss", self.scores[self.trainer.global_step])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.zeros(1000, 1))
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(torch.zeros(2, 1))
+
+
+def lmlab_checkpoint(tmp_path, **overrides):
+    """The checkpoint callback of lmlab's config, writing to ``tmp_path``."""
+    cfg = compose_cfg([f"paths.output_dir={tmp_path}"])
+    return hydra.utils.instantiate(cfg.callbacks.model_checkpoint, **overrides)
+
+
+def fit(callback, scores, max_steps):
+    trainer = L.Trainer(max_steps=max_steps, val_check_interval=3, check_val_every_n_epoch=None,
+                        num_sanity_val_steps=0, callbacks=[callback], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        plugins=[AtomicCheckpointIO()])
+    trainer.fit(ScoredModule(scores))
+    return callback
+
+
+def saved_step(path) -> int:
+    return torch.load(path, weights_only=True)["global_step"]
+
+
+@pytest.mark.parametrize("every_n_train_steps", [None, 2])
+def test_last_ckpt_holds_the_last_validations_step_also_where_it_was_not_the_best(tmp_path, every_n_train_steps):
+    """Step 9's validation, the last, scores worse than step 6's: last.ckpt is still step 9's
+    (Lightning 2.6's ModelCheckpoint writes it only beside a new best: it stayed step 6's, or
+    step 8's with every_n_train_steps=2, and a resume went back to that step)."""
+    cb = fit(lmlab_checkpoint(tmp_path, every_n_train_steps=every_n_train_steps),
+             {3: 3.0, 6: 2.0, 9: 5.0}, max_steps=9)
+    assert saved_step(cb.dirpath + "/best-step6.ckpt") == 6 and float(cb.best_model_score) == 2.0
+    assert saved_step(cb.last_model_path) == 9
