@@ -6,6 +6,7 @@ import hydra
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lmlab.resume import AtomicCheckpointIO
 from tests.conftest import compose_cfg
@@ -44,12 +45,12 @@ def lmlab_checkpoint(tmp_path, **overrides):
     return hydra.utils.instantiate(cfg.callbacks.model_checkpoint, **overrides)
 
 
-def fit(callback, scores, max_steps):
+def fit(callback, scores, max_steps, ckpt_path=None):
     trainer = L.Trainer(max_steps=max_steps, val_check_interval=3, check_val_every_n_epoch=None,
                         num_sanity_val_steps=0, callbacks=[callback], logger=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         plugins=[AtomicCheckpointIO()])
-    trainer.fit(ScoredModule(scores))
+    trainer.fit(ScoredModule(scores), ckpt_path=ckpt_path)
     return callback
 
 
@@ -66,3 +67,20 @@ def test_last_ckpt_holds_the_last_validations_step_also_where_it_was_not_the_bes
              {3: 3.0, 6: 2.0, 9: 5.0}, max_steps=9)
     assert saved_step(cb.dirpath + "/best-step6.ckpt") == 6 and float(cb.best_model_score) == 2.0
     assert saved_step(cb.last_model_path) == 9
+
+
+@pytest.mark.parametrize("every_n_train_steps, best", [(None, "best-step6.ckpt"), (4, "best-step4.ckpt")])
+def test_a_run_checkpointed_by_lightnings_modelcheckpoint_resumes_with_its_best(tmp_path, every_n_train_steps, best):
+    """A run started before lmlab used ValidatedCheckpoint (its checkpoints hold the state of
+    Lightning's ModelCheckpoint, under that class's key) resumes knowing its best checkpoint:
+    the resumed session's worse validations do not replace it."""
+    old = ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="best-step{step}",
+                          auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=1,
+                          save_last=True, every_n_train_steps=every_n_train_steps)
+    fit(old, {3: 3.0, 6: 1.0}, max_steps=6)
+    assert old.best_model_path.endswith(best)  # step 4: under step 3's score (Lightning's own rule)
+    # (its last.ckpt is step 4's there, older than the validation at step 6: validated again)
+    cb = fit(lmlab_checkpoint(tmp_path, every_n_train_steps=every_n_train_steps),
+             {6: 4.5, 9: 4.0, 12: 3.5}, max_steps=12, ckpt_path=old.last_model_path)
+    assert cb.best_model_path == old.best_model_path
+    assert float(cb.best_model_score) == float(old.best_model_score)

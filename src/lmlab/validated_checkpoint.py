@@ -9,7 +9,9 @@ pre-empted or requeued job; where a validation follows at the same step, it writ
 again, with its score).
 
 ``last.ckpt`` is written at every validation, as Lightning did before 2.6 (since, only beside a
-new best: a run resumed from it went back to its best validation's step).
+new best: a run resumed from it went back to its best validation's step). A checkpoint written by
+Lightning's ModelCheckpoint, before lmlab used this class, holds its state under that class's key:
+it is read from there on resume, so the run keeps its best checkpoint.
 """
 
 from __future__ import annotations
@@ -43,3 +45,18 @@ class ValidatedCheckpoint(ModelCheckpoint):
         if (self.save_last is True and not self._should_skip_saving_checkpoint(trainer)
                 and not self._should_save_on_train_epoch_end(trainer)):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        # runs before Lightning hands each callback its state by key
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key not in states and self.lightning_state_key in states:
+            states[self.state_key] = states[self.lightning_state_key]
+
+    @property
+    def lightning_state_key(self) -> str:
+        """The key Lightning's ModelCheckpoint saved its state under, given the same settings."""
+        n = self.last_every_n_steps
+        return "ModelCheckpoint" + repr({
+            "monitor": self.monitor, "mode": self.mode, "every_n_train_steps": n,
+            "every_n_epochs": 0 if n else self._every_n_epochs,
+            "train_time_interval": self._train_time_interval})
