@@ -208,6 +208,8 @@ BAD = [
      "callbacks.model_checkpoint.every_n_train_steps=-5: must be an integer >= 0 or null"),
     (["callbacks.model_checkpoint.every_n_train_steps=5", "callbacks.model_checkpoint.save_last=false"],
      "callbacks.model_checkpoint: every_n_train_steps=5 writes last.ckpt, which needs save_last=true"),
+    (["callbacks.model_checkpoint.every_n_train_steps=5", "callbacks.model_checkpoint.save_last=link"],
+     "every_n_train_steps=5 writes last.ckpt, which needs save_last=true (got save_last=link)"),
     (["model/ffn=moe", "callbacks.routing.every_n_steps=-1"],
      "callbacks.routing.every_n_steps=-1: must be an integer >= 1"),
     # a fraction past 1 held out the text's last part all the same (1.5: its last half)

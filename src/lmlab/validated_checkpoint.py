@@ -27,7 +27,7 @@ class ValidatedCheckpoint(ModelCheckpoint):
     def __init__(self, *args, every_n_train_steps: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)  # no step trigger: the top-k is saved at each validation
         n = every_n_train_steps or 0  # an integer >= 0 or null (lmlab.validate.BOUNDS)
-        if n and not self.save_last:
+        if n and self.save_last is not True:  # "link" would link last.ckpt to an older checkpoint
             raise ValueError(f"every_n_train_steps={n} writes last.ckpt, which needs save_last=true "
                              f"(got save_last={self.save_last})")
         self.last_every_n_steps = n
