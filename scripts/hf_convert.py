@@ -27,6 +27,7 @@ GPT2_VOCAB = 50257
 def main(argv: list[str] | None = None) -> int:
     from lmlab.errors import UserError
     from lmlab.interop import hf
+    from lmlab.interop.hf_tokenizer import check_name
 
     parser = argparse.ArgumentParser(prog="hf_convert", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             model = hf.import_hf(args.src)
             hf.save_checkpoint(model, args.dst)
         else:
+            if args.tokenizer is not None and args.tokenizer.lower() != "none":
+                check_name(args.tokenizer)  # before the checkpoint is read
             model = hf.load_checkpoint(args.src)
             tokenizer = export_tokenizer(args.tokenizer, Path(args.src), model.cfg["vocab_size"])
             hf.export_hf(model, args.dst, layout=args.layout, tokenizer=tokenizer)

@@ -78,11 +78,8 @@ def test_an_export_without_a_tokenizer_says_why(tmp_path, caplog, monkeypatch):
     assert not (tmp_path / "x").exists()
 
 
-def test_the_convert_script_exports_the_runs_tokenizer(tmp_path):
-    """hf_convert export: --tokenizer, else the data.tokenizer of the run that wrote the
-    checkpoint (<run>/.hydra/config.yaml beside <run>/checkpoints/), else gpt2 for a GPT-2-sized
-    vocabulary and none for another (an imported Llama 3's 128,256 tokens: GPT-2's files fit
-    its embedding but are not its tokenizer)."""
+def convert_script():
+    """scripts/hf_convert.py as a module."""
     import importlib.util
 
     from tests.conftest import ROOT
@@ -90,6 +87,15 @@ def test_the_convert_script_exports_the_runs_tokenizer(tmp_path):
     spec = importlib.util.spec_from_file_location("hf_convert", ROOT / "scripts" / "hf_convert.py")
     hf_convert = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hf_convert)
+    return hf_convert
+
+
+def test_the_convert_script_exports_the_runs_tokenizer(tmp_path):
+    """hf_convert export: --tokenizer, else the data.tokenizer of the run that wrote the
+    checkpoint (<run>/.hydra/config.yaml beside <run>/checkpoints/), else gpt2 for a GPT-2-sized
+    vocabulary and none for another (an imported Llama 3's 128,256 tokens: GPT-2's files fit
+    its embedding but are not its tokenizer)."""
+    hf_convert = convert_script()
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert hf_convert.export_tokenizer(None, ckpt, 50257) == "gpt2"  # no run directory
     assert hf_convert.export_tokenizer(None, ckpt, 50304) == "gpt2"  # padded to a multiple of 64
@@ -100,3 +106,14 @@ def test_the_convert_script_exports_the_runs_tokenizer(tmp_path):
     assert hf_convert.export_tokenizer(None, ckpt, 100277) == "cl100k_base"
     assert hf_convert.export_tokenizer("none", ckpt, 50257) is None
     assert hf_convert.export_tokenizer("gpt2", ckpt, 50257) == "gpt2"
+
+
+def test_the_convert_script_refuses_an_unknown_tokenizer_before_reading_the_checkpoint(tmp_path, capsys):
+    """--tokenizer gtp2 is named in one line before the checkpoint is read (here there is none to
+    read, and its error is not the one shown), as a bad destination is."""
+    hf_convert = convert_script()
+    argv = ["export", str(tmp_path / "none.ckpt"), str(tmp_path / "out"), "--tokenizer", "gtp2"]
+    assert hf_convert.main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("hf_convert: error: tokenizer: unknown 'gtp2'; valid choices: ") and line.endswith(", or none")
+    assert not (tmp_path / "out").exists()
