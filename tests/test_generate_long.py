@@ -2,8 +2,6 @@
 
 import torch
 
-from lmlab.kv_cache import KVCache
-
 from lmlab.model import Transformer
 from tests.conftest import TINY, model_cfg
 from tests.test_generate import greedy_rows, recorded_caches
