@@ -34,6 +34,7 @@ def test_what_lightning_accepts_passes(key, value):
     ("max_time", "00:10", "trainer.max_time='00:10': must be DD:HH:MM:SS"),
     ("max_time", {"minutes": -1}, "trainer.max_time={'minutes': -1}: must be DD:HH:MM:SS"),
     ("max_time", {"mins": 1}, "trainer.max_time={'mins': 1}: must be DD:HH:MM:SS"),
+    ("max_time", "00:00:8:45", "trainer.max_time='00:00:8:45': must be DD:HH:MM:SS"),
     ("val_check_interval", 0, "trainer.val_check_interval=0: must be a number of steps >= 1, a "
                               "fraction of an epoch in (0, 1], or null"),
     ("val_check_interval", 1.5, "trainer.val_check_interval=1.5: must be"),
@@ -51,3 +52,33 @@ def test_a_gpu_trainer_without_a_gpu_is_refused():
     backend found!' in a five-line instantiate error once the model was built."""
     with pytest.raises(UserError, match="trainer.accelerator=gpu: torch sees no CUDA device here"):
         check_trainer({**GOOD, "accelerator": "gpu"})
+
+
+@pytest.mark.parametrize("trainer, ok", [
+    ({"max_time": "00:00:08:45"}, True), ({"max_time": "1:02:03:04"}, True),
+    ({"max_time": {"minutes": 1.5}}, True),
+    ({"max_time": "00:00:8:45"}, False),  # Lightning's Timer wants two digits
+    ({"val_check_interval": 80, "check_val_every_n_epoch": None}, True),
+    ({"val_check_interval": 0.5, "check_val_every_n_epoch": 1}, True),
+    ({"val_check_interval": 0.5, "check_val_every_n_epoch": None}, False),  # lmlab's default: null
+    ({"val_check_interval": 1.0, "check_val_every_n_epoch": None}, False),
+])
+def test_the_checks_agree_with_lightnings_trainer(trainer, ok):
+    """Each value passes the check exactly when Lightning's Trainer takes it: one the check passed
+    and the Trainer refused (`max_time=00:00:8:45`, `val_check_interval=0.5` beside lmlab's
+    `check_val_every_n_epoch: null`) failed in a five-line instantiate error once the model was
+    built."""
+    import lightning as L
+
+    try:
+        L.Trainer(**trainer, accelerator="cpu", logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False)
+        lightning_ok = True
+    except Exception:
+        lightning_ok = False
+    try:
+        check_trainer({**GOOD, **trainer})
+        lmlab_ok = True
+    except UserError:
+        lmlab_ok = False
+    assert lightning_ok == lmlab_ok == ok

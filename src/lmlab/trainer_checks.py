@@ -28,10 +28,7 @@ def check_trainer(trainer: dict, here: bool = True) -> None:
         nodes = trainer.get("num_nodes", 1)
         require(is_int(nodes) and nodes >= 1, "trainer.num_nodes", nodes, "an integer >= 1")
         check_max_time(trainer.get("max_time"))
-        interval = trainer.get("val_check_interval")
-        require(interval is None or (is_int(interval) and interval >= 1)
-                or (isinstance(interval, float) and 0 < interval <= 1), "trainer.val_check_interval",
-                interval, "a number of steps >= 1, a fraction of an epoch in (0, 1], or null")
+        check_val_interval(trainer.get("val_check_interval"), trainer.get("check_val_every_n_epoch", 1))
         clip = trainer.get("gradient_clip_val")
         require(clip is None or (is_number(clip) and clip >= 0), "trainer.gradient_clip_val", clip,
                 "a number >= 0 or null (0 or null: no clipping)")
@@ -56,10 +53,20 @@ def check_devices(devices) -> None:
             "indices like [0,1]")
 
 
+def check_val_interval(interval, every_n_epochs) -> None:
+    """A number of steps, or null; a fraction of an epoch only with ``check_val_every_n_epoch`` set
+    (Lightning refuses one beside ``check_val_every_n_epoch: null``, lmlab's, once the model is built)."""
+    fraction = "" if every_n_epochs is None else ", a fraction of an epoch in (0, 1]"
+    require(interval is None or (is_int(interval) and interval >= 1)
+            or (fraction != "" and isinstance(interval, float) and 0 < interval <= 1),
+            "trainer.val_check_interval", interval, f"a number of steps >= 1{fraction}, or null")
+
+
 def check_max_time(max_time) -> None:
-    """null, ``"DD:HH:MM:SS"`` or a dict of days/hours/minutes/seconds, none negative."""
+    """null, ``"DD:HH:MM:SS"`` (two digits for hours, minutes and seconds, as Lightning's Timer
+    requires) or a dict of days/hours/minutes/seconds, none negative."""
     ok = (max_time is None
-          or (isinstance(max_time, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", max_time))
+          or (isinstance(max_time, str) and re.fullmatch(r"\d+:\d\d:\d\d:\d\d", max_time.strip()))
           or (isinstance(max_time, dict) and max_time and set(max_time) <= set(TIME_UNITS)
               and all(is_number(v) and v >= 0 for v in max_time.values())))
     require(bool(ok), "trainer.max_time", max_time, f"DD:HH:MM:SS (e.g. 00:00:08:45), a dict of "
