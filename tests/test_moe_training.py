@@ -77,7 +77,14 @@ def test_train_cli_logs_moe_losses_and_routing(tmp_path, cache_dir):
     load = [[float(r[f"routing/layer1/expert{e}"]) for e in range(8)]
             for r in rows if r.get("routing/layer1/expert0")]
     assert len(load) == 2 and all(sum(row) == pytest.approx(1) for row in load)  # steps 3 and 6
-    assert any(r.get("routing/layer0/entropy") for r in rows)
+    # each layer's routing statistics are the step's of their row (Lightning writes rows at steps
+    # 1, 3, 5; they were logged at steps 0, 2, 4 and reached the rows a step late): the row's
+    # weighted moe_aux is the sum of its layers' aux losses
+    routed = [r for r in rows if r.get("routing/layer0/aux")]
+    assert [int(r["step"]) for r in routed] == [1, 3, 5] and all(r.get("routing/layer0/entropy") for r in routed)
+    for r in routed:
+        layers = float(r["routing/layer0/aux"]) + float(r["routing/layer1/aux"])
+        assert float(r["train/moe_aux"]) == pytest.approx(0.01 * layers, rel=1e-5)
     assert sorted(p.name for p in (run_dir / "routing").glob("*.png")) == [
         "load_step000003.png", "load_step000006.png"]
     assert "active per token" in (run_dir / "train.log").read_text()

@@ -46,7 +46,10 @@ class LanguageModule(L.LightningModule):
         self.log("train/loss", ce, prog_bar=True, sync_dist=True)  # the mean over DDP ranks
         for name, value in out.aux_losses.items():
             self.log(f"train/{name}", value)
-        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+        # Lightning writes a step's logged values to the loggers where step + 1 is a multiple of
+        # log_every_n_steps; a value logged at other steps reached them steps late, beside another
+        # step's train/loss
+        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
             for i, layer in enumerate(self.model.moe_layers()):
                 self.log_dict({f"routing/layer{i}/{k}": v.float()
                                for k, v in layer.routing.scalars().items()})
