@@ -38,7 +38,15 @@ def requeued_checkpoint(run_dir: Path) -> str | None:
 
 class RNGState(L.Callback):
     """Saves and restores the torch, numpy and Python generators of the saving process, so
-    dropout and anything else drawing random numbers continues as in an uninterrupted run."""
+    dropout and anything else drawing random numbers continues as in an uninterrupted run.
+
+    The state is put back when training starts, not when Lightning hands it over: Lightning
+    restores callbacks before it creates the training DataLoader's iterator, which draws its base
+    seed from torch's generator, and a resumed run then drew other numbers than the uninterrupted
+    one (an uninterrupted run made that draw before its first step, long before the checkpoint)."""
+
+    def __init__(self):
+        self._restored: dict | None = None  # a checkpoint's state, put back at on_train_start
 
     def state_dict(self) -> dict:
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -47,6 +55,12 @@ class RNGState(L.Callback):
                 "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
 
     def load_state_dict(self, state: dict) -> None:
+        self._restored = state  # trainer.validate and trainer.test restore it too, and never train
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        state, self._restored = self._restored, None
+        if state is None:
+            return
         torch.set_rng_state(state["torch"])
         random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
         kind, keys, pos, has_gauss, gauss = state["numpy"]

@@ -1,0 +1,55 @@
+"""lmlab's resume callbacks (lmlab.resume) in a real Lightning Trainer, in process, over a module of
+one weight: what they rely on Lightning doing, and when, is checked where it happens."""
+
+import lightning as L
+import torch
+
+from lmlab.resume import RNGState
+
+
+class Draws(L.LightningModule):
+    """One weight trained toward 1; each step draws a random number, as dropout does."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.draws: dict[int, float] = {}
+
+    def training_step(self, batch, batch_idx):
+        self.draws[self.global_step] = torch.rand(1).item()
+        return (self.w - 1).pow(2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.zeros(1000, 1))
+
+
+class SaveAt(L.Callback):
+    """Saves a checkpoint at the end of training step ``step``, where ModelCheckpoint saves."""
+
+    def __init__(self, step: int, path):
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+def fit(module, max_steps, callbacks=(), ckpt_path=None, **kwargs):
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(max_steps=max_steps, callbacks=list(callbacks), logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", **kwargs)
+    trainer.fit(module, ckpt_path=ckpt_path)
+    return module
+
+
+def test_a_resumed_run_draws_the_random_numbers_of_an_uninterrupted_one(tmp_path):
+    """Lightning restores callbacks' state before it creates the training DataLoader's iterator,
+    which draws from torch's generator: restored there, the resumed run's draws were shifted."""
+    full = fit(Draws(), 6, [RNGState(), SaveAt(3, tmp_path / "step3.ckpt")])
+    resumed = fit(Draws(), 6, [RNGState()], ckpt_path=tmp_path / "step3.ckpt")
+    assert sorted(resumed.draws) == [3, 4, 5]
+    assert resumed.draws == {s: full.draws[s] for s in (3, 4, 5)}
