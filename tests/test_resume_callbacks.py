@@ -1,10 +1,14 @@
 """lmlab's resume callbacks (lmlab.resume) in a real Lightning Trainer, in process, over a module of
 one weight: what they rely on Lightning doing, and when, is checked where it happens."""
 
-import lightning as L
-import torch
+import csv
 
-from lmlab.resume import RNGState
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from lmlab.resume import CsvHistory, RNGState
 
 
 class Draws(L.LightningModule):
@@ -17,7 +21,9 @@ class Draws(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         self.draws[self.global_step] = torch.rand(1).item()
-        return (self.w - 1).pow(2).sum()
+        loss = (self.w - 1).pow(2).sum()
+        self.log("train/loss", loss)
+        return loss
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -39,9 +45,10 @@ class SaveAt(L.Callback):
 
 def fit(module, max_steps, callbacks=(), ckpt_path=None, **kwargs):
     L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(max_steps=max_steps, callbacks=list(callbacks), logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", **kwargs)
+    kwargs = {"logger": False, **kwargs}
+    trainer = L.Trainer(max_steps=max_steps, callbacks=list(callbacks), enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        **kwargs)
     trainer.fit(module, ckpt_path=ckpt_path)
     return module
 
@@ -53,3 +60,29 @@ def test_a_resumed_run_draws_the_random_numbers_of_an_uninterrupted_one(tmp_path
     resumed = fit(Draws(), 6, [RNGState()], ckpt_path=tmp_path / "step3.ckpt")
     assert sorted(resumed.draws) == [3, 4, 5]
     assert resumed.draws == {s: full.draws[s] for s in (3, 4, 5)}
+
+
+def csv_rows(run_dir) -> list[dict]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("resume", [{"max_steps": 3}, {"max_steps": 6, "max_time": "00:00:00:00"}])
+def test_a_resume_with_nothing_left_to_train_keeps_the_csv_history(tmp_path, resume):
+    """Resumed at its plan's last step (a job killed or requeued after its last checkpoint), or
+    with its time limit spent, a run trains nothing: Lightning starts no training, so no
+    ``on_train_start``, but its CSV writer deletes metrics.csv all the same. The run's history was
+    lost (the file held only what came after the fit, the final test loss)."""
+    def logger():
+        return CSVLogger(tmp_path, name="csv", version="")
+
+    first = logger()
+    fit(Draws(), 3, [SaveAt(3, tmp_path / "step3.ckpt"), CsvHistory([first])], logger=first,
+        log_every_n_steps=1)
+    before = csv_rows(tmp_path)
+    assert [int(r["step"]) for r in before if r["train/loss"]] == [0, 1, 2]
+    again = logger()
+    max_steps = resume.pop("max_steps")
+    fit(Draws(), max_steps, [CsvHistory([again])], logger=again, log_every_n_steps=1,
+        ckpt_path=tmp_path / "step3.ckpt", **resume)
+    assert [r for r in csv_rows(tmp_path) if r["train/loss"]] == [r for r in before if r["train/loss"]]

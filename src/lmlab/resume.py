@@ -135,6 +135,9 @@ class CsvHistory(L.Callback):
       so the file is read when the trainer is made, and the rows logged before the checkpoint's
       step are written back as soon as training starts (rows from past the checkpoint, which the
       resumed run logs again, are dropped). A run started afresh starts the file afresh.
+    - A resume with nothing left to train (at its plan's last step, or out of ``max_time``) starts
+      no training, and Lightning calls no ``on_train_start``: the rows are written back when the
+      fit ends (the file held only the final test loss).
     """
 
     def __init__(self, loggers: list):
@@ -153,6 +156,12 @@ class CsvHistory(L.Callback):
     on_train_batch_start = on_save_checkpoint = flush
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.write_back(trainer)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.write_back(trainer)  # where no training started (a no-op where it did)
+
+    def write_back(self, trainer) -> None:
         for lg, rows in self.rows.items():
             kept = [{k: v for k, v in r.items() if v != ""} for r in rows
                     if r.get("step") and int(float(r["step"])) < trainer.global_step]
