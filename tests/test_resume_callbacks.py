@@ -2,13 +2,16 @@
 one weight: what they rely on Lightning doing, and when, is checked where it happens."""
 
 import csv
+import os
+import signal
+import threading
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from lmlab.resume import CsvHistory, RNGState
+from lmlab.resume import CsvHistory, RNGState, StepBoundarySignals
 
 
 class Draws(L.LightningModule):
@@ -86,3 +89,42 @@ def test_a_resume_with_nothing_left_to_train_keeps_the_csv_history(tmp_path, res
     fit(Draws(), max_steps, [CsvHistory([again])], logger=again, log_every_n_steps=1,
         ckpt_path=tmp_path / "step3.ckpt", **resume)
     assert [r for r in csv_rows(tmp_path) if r["train/loss"]] == [r for r in before if r["train/loss"]]
+
+
+class SignalledMidStep(Draws):
+    """Sends itself SIGUSR1 inside its first training step."""
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 0 and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            sum(range(10**5))  # Python code, where a delivered signal's handler runs
+        return super().training_step(batch, batch_idx)
+
+
+def test_the_preemption_signal_is_handled_at_the_end_of_an_optimizer_step():
+    """The handler (Lightning's SLURM handler saves a checkpoint there) runs where a step has
+    ended: not mid-step, and not between the batches of an accumulated step. Blocking SIGUSR1 in
+    the main thread let the kernel hand it to another thread (here a waiting one, in a real run
+    OpenMP's workers), and Python ran the handler at once, inside the training step."""
+    progress = []
+
+    def handler(signum, frame):  # stands in for Lightning's SLURM handler
+        loop = trainer.fit_loop.epoch_loop
+        progress.append((trainer.global_step, loop.batch_progress.total.ready,
+                         loop.batch_progress.total.processed))
+
+    done = threading.Event()
+    other = threading.Thread(target=done.wait)
+    other.start()  # a thread that does not block the signal
+    before = signal.signal(signal.SIGUSR1, handler)
+    try:
+        L.seed_everything(0, verbose=False)
+        trainer = L.Trainer(max_steps=3, accumulate_grad_batches=2, callbacks=[StepBoundarySignals()],
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu")
+        trainer.fit(SignalledMidStep())
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+        done.set()
+        other.join()
+    assert progress == [(1, 2, 2)]  # once, after step 1's two batches, both trained

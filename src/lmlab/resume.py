@@ -67,25 +67,64 @@ class RNGState(L.Callback):
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
-class StepBoundarySignals(L.Callback):
-    """Holds the pre-emption signal (SIGUSR1) back while training, except at the end of each
-    training batch: Lightning's SLURM handler then saves its checkpoint where ModelCheckpoint
-    saves, between two steps, never halfway through one, so the requeued job resumes exactly."""
+def optimizer_stepped(trainer) -> bool:
+    """In ``on_train_batch_end``: the batch just trained ended an optimizer step (always, without
+    gradient accumulation; else the last of its ``accumulate_grad_batches`` batches). A checkpoint
+    saved after another batch holds part of a step: its gradients are lost and a resumed run
+    steps at other batches than an uninterrupted one."""
+    return not trainer.fit_loop._should_accumulate()  # Lightning's own test (lightning < 2.7)
 
-    SIGNALS = {signal.SIGUSR1}
+
+class StepBoundarySignals(L.Callback):
+    """Holds the pre-emption signal (SIGUSR1) back while training, to the end of an optimizer step:
+    Lightning's SLURM handler then saves its checkpoint where ModelCheckpoint saves, between two
+    steps, never halfway through one (nor between the batches of an accumulated step), so the
+    requeued job resumes exactly.
+
+    The signal's handler (Lightning's, which it sets before training starts) is replaced by one
+    that notes the signal, and called at a step's end. Blocking the signal instead
+    (``pthread_sigmask``) blocks it in the main thread only: the kernel delivers it to another
+    thread (an OpenMP worker, a logger's), and Python runs the handler in the main thread at once,
+    mid-step."""
+
+    SIGNALS = (signal.SIGUSR1,)
+
+    def __init__(self):
+        self._handlers: dict = {}  # signal -> its handler, while held back
+        self._pending: list = []
 
     def on_train_start(self, trainer, pl_module):
-        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        for sig in self.SIGNALS:
+            handler = signal.getsignal(sig)
+            if callable(handler):  # not SIG_DFL or SIG_IGN: outside SLURM nothing handles it
+                self._handlers[sig] = handler
+                signal.signal(sig, self._hold)
+
+    def _hold(self, signum, frame) -> None:
+        if signum not in self._pending:
+            self._pending.append(signum)
+
+    def _deliver(self) -> None:
+        pending, self._pending = self._pending, []
+        for sig in pending:
+            self._handlers[sig](sig, None)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)  # a pending signal is handled here
-        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        if self._pending and optimizer_stepped(trainer):
+            self._deliver()
 
     def on_train_end(self, trainer, pl_module):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+        self._release()
 
     def on_exception(self, trainer, pl_module, exception):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+        self._release()
+
+    def _release(self) -> None:
+        """The handlers back; a signal held (during the last validation) is handled now."""
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
+        self._deliver()
+        self._handlers = {}
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
