@@ -45,11 +45,11 @@ def lmlab_checkpoint(tmp_path, **overrides):
     return hydra.utils.instantiate(cfg.callbacks.model_checkpoint, **overrides)
 
 
-def fit(callback, scores, max_steps, ckpt_path=None):
-    trainer = L.Trainer(max_steps=max_steps, val_check_interval=3, check_val_every_n_epoch=None,
-                        num_sanity_val_steps=0, callbacks=[callback], logger=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        plugins=[AtomicCheckpointIO()])
+def fit(callback, scores, max_steps, ckpt_path=None, callbacks=(), **kwargs):
+    trainer = L.Trainer(max_steps=max_steps, **{"val_check_interval": 3, **kwargs},
+                        check_val_every_n_epoch=None, num_sanity_val_steps=0,
+                        callbacks=[callback, *callbacks], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, plugins=[AtomicCheckpointIO()])
     trainer.fit(ScoredModule(scores), ckpt_path=ckpt_path)
     return callback
 
@@ -84,3 +84,24 @@ def test_a_run_checkpointed_by_lightnings_modelcheckpoint_resumes_with_its_best(
              {6: 4.5, 9: 4.0, 12: 3.5}, max_steps=12, ckpt_path=old.last_model_path)
     assert cb.best_model_path == old.best_model_path
     assert float(cb.best_model_score) == float(old.best_model_score)
+
+
+class Saves(L.Callback):
+    """(global step, training batches) of every checkpoint saved."""
+
+    def __init__(self):
+        self.saved = []
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.saved.append((trainer.global_step, trainer.fit_loop.epoch_loop.batch_progress.total.ready))
+
+
+def test_every_n_train_steps_saves_at_the_end_of_an_accumulated_step(tmp_path):
+    """With accumulate_grad_batches=2 the batch after a step's two shares its global_step: the
+    step save was written again there, over last.ckpt, a step and a half-accumulated batch whose
+    gradients no checkpoint holds (a resume then stepped one batch early from there on)."""
+    saves = Saves()
+    fit(lmlab_checkpoint(tmp_path, every_n_train_steps=2), {s: 1.0 for s in range(7)}, max_steps=6,
+        callbacks=[saves], accumulate_grad_batches=2, val_check_interval=6)
+    assert saves.saved and all(batches == 2 * step for step, batches in saves.saved)
+    assert sorted({step for step, _ in saves.saved}) == [2, 3, 4, 6]  # every 2 steps; validations at 3, 6

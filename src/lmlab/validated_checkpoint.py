@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lmlab.resume import optimizer_stepped
+
 
 class ValidatedCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose top-k is saved at validation, and ``last.ckpt`` at every
-    validation; ``every_n_train_steps=N`` also writes ``last.ckpt`` every N optimizer steps (it
-    needs ``save_last``)."""
+    validation; ``every_n_train_steps=N`` also writes ``last.ckpt`` every N optimizer steps, at the
+    end of the step (it needs ``save_last``)."""
 
     def __init__(self, *args, every_n_train_steps: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)  # no step trigger: the top-k is saved at each validation
@@ -35,7 +37,9 @@ class ValidatedCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         n = self.last_every_n_steps
-        if n and trainer.global_step % n == 0 and not self._should_skip_saving_checkpoint(trainer):
+        # with accumulate_grad_batches, the batches after a step's last share its global_step
+        if (n and trainer.global_step % n == 0 and optimizer_stepped(trainer)
+                and not self._should_skip_saving_checkpoint(trainer)):
             saved = self._last_global_step_saved
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._last_global_step_saved = saved  # a validation at this step still saves its top-k
