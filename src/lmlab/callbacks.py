@@ -49,7 +49,7 @@ class DivergenceGuard(L.Callback):
 
 
 class ValidateLastStep(L.Callback):
-    """Lightning validates (and so checkpoints) every ``val_check_interval`` steps; where
+    """lmlab validates (and so checkpoints) every ``val_check_interval`` steps; where
     ``max_steps`` is not a multiple of it, the last steps were trained but neither validated nor
     saved (``last.ckpt`` and the final figures were an earlier step's). Asking the loop to stop
     at the last step makes it validate there."""

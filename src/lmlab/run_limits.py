@@ -37,3 +37,15 @@ def tokens_per_step(cfg: DictConfig, trainer, context_length: int) -> int:
     """Training tokens per optimizer step over all ranks (targets per window x windows)."""
     return (int(cfg.data.batch_size) * context_length * int(cfg.trainer.accumulate_grad_batches)
             * trainer.world_size)
+
+
+def batch_intervals(cfg: DictConfig) -> dict:
+    """Lightning's ``val_check_interval`` for ``cfg.trainer``'s, which counts optimizer steps (as
+    ``max_steps`` does): Lightning counts training batches, so with ``accumulate_grad_batches``
+    it validated (and checkpointed) that many times as often, and between the batches of a step
+    where the interval was not a multiple of it. Empty where the two agree."""
+    accumulate = int(cfg.trainer.get("accumulate_grad_batches") or 1)
+    interval = cfg.trainer.get("val_check_interval")
+    if accumulate > 1 and isinstance(interval, int) and not isinstance(interval, bool):
+        return {"val_check_interval": interval * accumulate}
+    return {}
