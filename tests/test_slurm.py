@@ -89,3 +89,23 @@ def test_a_requeued_job_without_hpc_checkpoint_resumes_from_last(uninterrupted, 
     assert f"Restoring states from the checkpoint path at {last}" in (run_dir / "train.log").read_text()
     assert saved_at >= 20  # went on from there, exactly, and csv/metrics.csv kept the steps before
     assert logged(run_dir, "train/loss") == logged(uninterrupted[0], "train/loss")
+
+
+def test_a_requeued_job_resumes_from_its_newest_checkpoint(tmp_path, monkeypatch):
+    """A job pre-empted once (hpc_ckpt_1.ckpt), resumed, then killed outright after writing a
+    later last.ckpt: its next requeue resumes from last.ckpt. (Lightning loads its HPC checkpoint
+    by itself whenever one is there: the job went back to the pre-emption's step at every requeue.)"""
+    from lmlab.resume import requeued_checkpoint
+
+    for key in ("SLURM_NTASKS", "SLURM_JOB_NAME", "SLURM_RESTART_COUNT"):
+        monkeypatch.setenv(key, slurm_env(tmp_path).get(key, "2"))
+    hpc, last = tmp_path / "hpc_ckpt_1.ckpt", tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    hpc.write_bytes(b"")
+    last.write_bytes(b"")
+    os.utime(hpc, (1, 1))
+    assert requeued_checkpoint(tmp_path) == str(last)
+    os.utime(last, (0, 0))  # pre-empted again before last.ckpt moved on
+    assert requeued_checkpoint(tmp_path) == str(hpc)
+    monkeypatch.delenv("SLURM_NTASKS")  # not under SLURM: nothing resumes by itself
+    assert requeued_checkpoint(tmp_path) is None

@@ -14,9 +14,14 @@ def slurm_requeued() -> bool:
     return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
 
 
+def hpc_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Lightning's SLURM checkpoints in ``run_dir``, ``hpc_ckpt_<n>.ckpt`` (one per pre-emption)."""
+    return sorted(Path(run_dir).glob("hpc_ckpt_*.ckpt"))
+
+
 def has_hpc_checkpoint(run_dir: str | Path) -> bool:
     """``run_dir`` holds Lightning's SLURM checkpoint, ``hpc_ckpt_<n>.ckpt``."""
-    return any(Path(run_dir).glob("hpc_ckpt_*.ckpt"))
+    return bool(hpc_checkpoints(run_dir))
 
 
 def last_checkpoint(run_dir: str | Path) -> Path:

@@ -18,22 +18,24 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lmlab.errors import CheckpointSaveError
-from lmlab.requeue import has_hpc_checkpoint, last_checkpoint, slurm_requeued
+from lmlab.requeue import hpc_checkpoints, last_checkpoint, slurm_requeued
 
 
 def requeued_checkpoint(run_dir: Path) -> str | None:
-    """A SLURM job started again by a requeue (``SLURM_RESTART_COUNT`` > 0) in the same run
-    directory resumes from its ``checkpoints/last.ckpt``: the case of a job killed without the
-    grace signal, or requeued by submitit, where no HPC checkpoint was written. Where Lightning's
-    HPC checkpoint exists, None: Lightning loads that one itself."""
+    """The checkpoint a SLURM job started again in the same run directory resumes from: the newer
+    of Lightning's HPC checkpoint (saved at the pre-emption signal) and ``checkpoints/last.ckpt``
+    (the only one after a kill without the signal, or a requeue by submitit, where the job is
+    requeued: ``SLURM_RESTART_COUNT`` > 0). It is named to Lightning, which otherwise loads its
+    HPC checkpoint by itself whenever there is one, also where a later ``last.ckpt`` was written
+    after it: a job pre-empted once, then killed outright, went back to the pre-emption's step at
+    every requeue. None elsewhere (not under SLURM, or nothing to resume)."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    if not SLURMEnvironment.detect() or not slurm_requeued():
+    if not SLURMEnvironment.detect():
         return None
-    last = last_checkpoint(run_dir)
-    if has_hpc_checkpoint(run_dir) or not last.is_file():
-        return None
-    return str(last)
+    hpc, last = hpc_checkpoints(run_dir), last_checkpoint(run_dir)
+    found = hpc + ([last] if last.is_file() and (hpc or slurm_requeued()) else [])
+    return str(max(found, key=lambda p: p.stat().st_mtime_ns)) if found else None
 
 
 class RNGState(L.Callback):
