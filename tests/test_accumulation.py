@@ -1,11 +1,14 @@
 """Gradient accumulation (``trainer.accumulate_grad_batches``) through lmlab's Trainer
 (lmlab.training.make_trainer), in process: what counts optimizer steps counts them."""
 
+import time
+
 import hydra
 import lightning as L
 import torch
 
 from lmlab.module import LanguageModule
+from lmlab.run_limits import stopped_by
 from lmlab.training import make_trainer
 from tests.conftest import TINY, compose_cfg, model_cfg
 
@@ -20,16 +23,40 @@ class Validations(L.Callback):
         self.steps.append(trainer.global_step)
 
 
-def test_validation_comes_every_val_check_interval_optimizer_steps(tmp_path):
-    """Lightning counts val_check_interval in training batches: with 2 batches a step, lmlab's run
-    validated (and checkpointed) every step where the README says every 2 steps."""
+def fit(tmp_path, *overrides, callbacks=()):
+    """A tiny module trained by lmlab's Trainer, 2 batches a step, validating every 2 steps."""
     cfg = compose_cfg([*TINY, f"paths.output_dir={tmp_path}", "trainer.max_steps=4",
                        "trainer.val_check_interval=2", "trainer.accumulate_grad_batches=2",
                        "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_time=null",
-                       "+trainer.enable_progress_bar=false"])
+                       "+trainer.enable_progress_bar=false", *overrides])
     validations = Validations()
-    trainer, *_ = make_trainer(cfg, [hydra.utils.instantiate(cfg.logger.csv)], [validations])
+    trainer, *_ = make_trainer(cfg, [hydra.utils.instantiate(cfg.logger.csv)], [validations, *callbacks])
     module = LanguageModule(model_cfg([*TINY, "model.vocab_size=64"]), warmup_steps=1, max_steps=4)
     windows = torch.utils.data.DataLoader(torch.randint(0, 64, (16, 17)), batch_size=2)
     trainer.fit(module, train_dataloaders=windows, val_dataloaders=windows)
-    assert trainer.global_step == 4 and validations.steps == [2, 4]
+    return trainer, validations.steps
+
+
+def test_validation_comes_every_val_check_interval_optimizer_steps(tmp_path):
+    """Lightning counts val_check_interval in training batches: with 2 batches a step, lmlab's run
+    validated (and checkpointed) every step where the README says every 2 steps."""
+    trainer, validations = fit(tmp_path)
+    assert trainer.global_step == 4 and validations == [2, 4]
+
+
+class SlowFirstBatch(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            time.sleep(0.3)
+
+
+def test_max_time_stops_at_the_end_of_an_optimizer_step(tmp_path):
+    """The time limit runs out in step 1's first batch: training stops once the step is taken, and
+    the validation there saves a whole step (Lightning's Timer stopped after the first batch, and
+    last.ckpt held half a step, its gradients lost)."""
+    trainer, validations = fit(tmp_path, "trainer.max_time={seconds:0.2}", callbacks=[SlowFirstBatch()])
+    assert stopped_by(trainer) == "max_time" and validations == [1]
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 1
+    assert last["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["ready"] == 2
+    assert "Timer" in last["callbacks"]  # Lightning's key: a run's training time carries over

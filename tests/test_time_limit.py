@@ -62,3 +62,19 @@ def test_a_sweep_job_run_as_a_ddp_child_has_no_default_time_limit(tmp_path, monk
 
     assert child_max_time(["seed=1"]) is None
     assert child_max_time(["trainer.max_time=00:00:01:00"]) == "00:00:01:00"
+
+
+def test_a_time_limit_given_as_a_dict_is_the_trainers(tmp_path):
+    """`trainer.max_time={minutes:30}` (the form trainer_checks offers): Hydra handed Lightning's
+    Timer an OmegaConf mapping, which it does not take for a dict, and the run crashed once the
+    model was built ('Missing key total_seconds')."""
+    import hydra
+    from lightning.pytorch.callbacks import Timer
+
+    from lmlab.training import make_trainer
+
+    cfg = compose_cfg([f"paths.output_dir={tmp_path}", "trainer.accelerator=cpu",
+                       "trainer.max_time={minutes:30}"])
+    trainer, *_ = make_trainer(cfg, [hydra.utils.instantiate(cfg.logger.csv)])
+    (timer,) = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    assert timer.time_remaining() == 30 * 60

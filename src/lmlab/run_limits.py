@@ -5,7 +5,9 @@ comparable (time-limited, or fewer steps or tokens than the others)."""
 from __future__ import annotations
 
 from lightning.pytorch.callbacks import Timer
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from lmlab.resume import optimizer_stepped
 
 
 def _key(override: str) -> str:
@@ -37,6 +39,32 @@ def tokens_per_step(cfg: DictConfig, trainer, context_length: int) -> int:
     """Training tokens per optimizer step over all ranks (targets per window x windows)."""
     return (int(cfg.data.batch_size) * context_length * int(cfg.trainer.accumulate_grad_batches)
             * trainer.world_size)
+
+
+class StepTimer(Timer):
+    """Lightning's Timer (``trainer.max_time``), stopping training only at the end of an optimizer
+    step: Lightning's checks after every batch, and with ``accumulate_grad_batches`` stopped
+    between the batches of a step, whose validation then saved half a step as ``last.ckpt``. Its
+    state is kept under Lightning's key, so a checkpoint's training time carries over either way."""
+
+    @property
+    def state_key(self) -> str:
+        return "Timer"
+
+    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        if optimizer_stepped(trainer):
+            super().on_train_batch_end(trainer, *args, **kwargs)
+
+
+def trainer_limits(cfg: DictConfig, overrides: dict) -> tuple[dict, list]:
+    """(Keyword arguments for the Trainer over ``cfg.trainer``'s, callbacks) that make the run's
+    limits count optimizer steps: ``val_check_interval`` in batches (``batch_intervals``) and
+    ``max_time`` as a StepTimer; ``overrides`` replace ``cfg.trainer`` keys."""
+    kwargs = {**batch_intervals(cfg), **overrides}
+    max_time = kwargs.pop("max_time", cfg.trainer.get("max_time"))
+    if OmegaConf.is_config(max_time):
+        max_time = OmegaConf.to_container(max_time)
+    return {**kwargs, "max_time": None}, [StepTimer(max_time)] if max_time is not None else []
 
 
 def batch_intervals(cfg: DictConfig) -> dict:

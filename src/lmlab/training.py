@@ -21,7 +21,7 @@ from lmlab.hardware import peak_memory_bytes, peak_memory_kind, reset_peak_memor
 from lmlab.loggers import WandbRuns, make_loggers
 from lmlab.prompts import prompt_text
 from lmlab.resume import AtomicCheckpointIO, CsvHistory, RNGState, StepBoundarySignals, requeued_checkpoint
-from lmlab.run_limits import batch_intervals, stopped_by, sweep_time_limit, tokens_per_step
+from lmlab.run_limits import stopped_by, sweep_time_limit, tokens_per_step, trainer_limits
 from lmlab.run_record import hydra_job, start_record, write_record
 from lmlab.sampling import sample_text
 from lmlab.throughput import ThroughputMeter
@@ -94,18 +94,18 @@ def run_training(cfg: DictConfig) -> dict:
 def make_trainer(cfg: DictConfig, loggers: list, extra_callbacks: tuple | list = (), **overrides):
     """(The run's Trainer, its throughput meter, its training clock): the config's callbacks and
     lmlab's own (divergence guard, throughput meter, training clock, RNG state, signals held to
-    step boundaries, progress bar), checkpoints written atomically, validation every
-    ``val_check_interval`` optimizer steps (lmlab.run_limits.batch_intervals); ``overrides``
-    replace ``cfg.trainer`` keys. The clock counts only inside its ``timing()`` block (see ``fit``)."""
+    step boundaries, progress bar), checkpoints written atomically, validation and ``max_time``
+    acting at optimizer steps' ends (lmlab.run_limits.trainer_limits); ``overrides`` replace
+    ``cfg.trainer`` keys. The clock counts only inside its ``timing()`` block (see ``fit``)."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     meter, clock = ThroughputMeter(), TrainClock()
-    callbacks += [DivergenceGuard(), ValidateLastStep(), meter, clock, RNGState(),
+    kwargs, timer = trainer_limits(cfg, overrides)
+    callbacks += [DivergenceGuard(), ValidateLastStep(), *timer, meter, clock, RNGState(),
                   StepBoundarySignals(), CsvHistory(loggers),
                   *progress_bars(cfg.trainer.get("enable_progress_bar", True) is not False),
                   *extra_callbacks]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                      plugins=[AtomicCheckpointIO()],
-                                      **{**batch_intervals(cfg), **overrides})
+                                      plugins=[AtomicCheckpointIO()], **kwargs)
     return trainer, meter, clock
 
 
