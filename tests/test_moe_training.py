@@ -90,6 +90,19 @@ def test_train_cli_logs_moe_losses_and_routing(tmp_path, cache_dir):
     assert "active per token" in (run_dir / "train.log").read_text()
 
 
+def test_a_callback_set_to_null_is_turned_off(tmp_path):
+    """`callbacks.routing=null`, Hydra's way to drop a config entry, reached Lightning as a None
+    callback and the run crashed once the model was built."""
+    import hydra
+
+    from lmlab.training import make_trainer
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg([f"paths.output_dir={tmp_path}", "trainer.accelerator=cpu", "callbacks.routing=null"])
+    trainer, *_ = make_trainer(cfg, [hydra.utils.instantiate(cfg.logger.csv)])
+    assert None not in trainer.callbacks and not any(isinstance(c, RoutingMonitor) for c in trainer.callbacks)
+
+
 # ---- the benchmark runs ---------------------------------------------------------------------
 def test_benchmark_moe_section_prints_ratios():
     cmd = [sys.executable, "scripts/benchmark.py", "--threads", "1", "moe", "--tokens", "256",

@@ -97,7 +97,8 @@ def make_trainer(cfg: DictConfig, loggers: list, extra_callbacks: tuple | list =
     step boundaries, progress bar), checkpoints written atomically, validation and ``max_time``
     acting at optimizer steps' ends (lmlab.run_limits.trainer_limits); ``overrides`` replace
     ``cfg.trainer`` keys. The clock counts only inside its ``timing()`` block (see ``fit``)."""
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    # callbacks.<name>=null turns one off (Lightning takes no None among its callbacks)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     meter, clock = ThroughputMeter(), TrainClock()
     kwargs, timer = trainer_limits(cfg, overrides)
     callbacks += [DivergenceGuard(), ValidateLastStep(), *timer, meter, clock, RNGState(),
