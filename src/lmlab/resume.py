@@ -8,6 +8,7 @@ import csv
 import os
 import random
 import signal
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -96,6 +97,8 @@ class StepBoundarySignals(L.Callback):
         self._pending: list = []
 
     def on_train_start(self, trainer, pl_module):
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread sets handlers (nor did Lightning set one)
         for sig in self.SIGNALS:
             handler = signal.getsignal(sig)
             if callable(handler):  # not SIG_DFL or SIG_IGN: outside SLURM nothing handles it
@@ -178,7 +181,7 @@ class CsvHistory(L.Callback):
       resumed run logs again, are dropped). A run started afresh starts the file afresh.
     - A resume with nothing left to train (at its plan's last step, or out of ``max_time``) starts
       no training, and Lightning calls no ``on_train_start``: the rows are written back when the
-      fit ends (the file held only the final test loss).
+      fit ends (before, the file was left holding the final test loss alone).
     """
 
     def __init__(self, loggers: list):
