@@ -77,13 +77,14 @@ def export_tokenizer(option: str | None, ckpt: Path, vocab_size: int) -> str | N
     checkpoint imported from Hugging Face has no run: a Llama 3's 128,256 tokens are not GPT-2's)."""
     if option is not None:
         return None if option.lower() == "none" else option
-    config = ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
-    if config.is_file():
-        import yaml
+    from lmlab.run_record import run_config
 
-        data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
-        if isinstance(data, dict) and data.get("tokenizer"):
-            return str(data["tokenizer"])
+    try:
+        data = run_config(ckpt.resolve().parent.parent).get("data") or {}
+    except FileNotFoundError:  # no run directory beside it (an imported checkpoint)
+        data = {}
+    if isinstance(data, dict) and data.get("tokenizer"):
+        return str(data["tokenizer"])
     if GPT2_VOCAB <= vocab_size < GPT2_VOCAB + 64:
         return "gpt2"
     print(f"hf_convert: {ckpt} names no tokenizer (no run directory beside it) and its "

@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
 from lmlab.errors import UserError, positive_list
-from lmlab.run_record import job_status, read_record, write_record
+from lmlab.run_record import job_status, read_record, run_config, write_record
 from lmlab.sweep_jobs import job_order
 
 DATA_KEYS = ("source", "path", "val_docs", "test_docs", "val_fraction", "tokenizer")
@@ -34,7 +32,7 @@ def rescore_job(job_dir: Path, factors: list[float], cache_dir: str) -> dict | N
         return None
     model = load_model(record["checkpoint"], "cpu")
     check_factors(factors, model.context_length)
-    data = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())["data"]
+    data = run_config(job_dir)["data"]
     datamodule = TokenDataModule(**{k: data[k] for k in DATA_KEYS if k in data},
                                  context_length=model.context_length, cache_dir=cache_dir)
     split = "test" if datamodule.has_test_split else "val"

@@ -74,6 +74,12 @@ def hydra_job() -> dict:
     return info
 
 
+def run_config(run_dir: str | Path) -> dict:
+    """The config Hydra composed for the run in ``run_dir`` (``.hydra/config.yaml``); raises
+    FileNotFoundError where there is none."""
+    return yaml.safe_load((Path(run_dir) / ".hydra" / "config.yaml").read_text()) or {}
+
+
 # ---- the file ----------------------------------------------------------------------------------
 def read_record(run_dir: str | Path) -> dict:
     """The run's record, or {} when it has none or it cannot be parsed."""
