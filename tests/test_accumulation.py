@@ -1,10 +1,12 @@
 """Gradient accumulation (``trainer.accumulate_grad_batches``) through lmlab's Trainer
 (lmlab.training.make_trainer), in process: what counts optimizer steps counts them."""
 
+import csv
 import time
 
 import hydra
 import lightning as L
+import pytest
 import torch
 
 from lmlab.module import LanguageModule
@@ -60,3 +62,43 @@ def test_max_time_stops_at_the_end_of_an_optimizer_step(tmp_path):
     assert last["global_step"] == 1
     assert last["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["ready"] == 2
     assert "Timer" in last["callbacks"]  # Lightning's key: a run's training time carries over
+
+
+class MicroBatchLosses(L.Callback):
+    """Each training batch's cross-entropy under the weights it trains with (no dropout in TINY)."""
+
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        with torch.no_grad():
+            self.losses.append(pl_module._step(batch)[0].item())
+
+
+def test_train_loss_is_the_mean_over_an_optimizer_steps_batches(tmp_path):
+    """Lightning writes a step's values once, at its last batch: train/loss was that batch's loss
+    alone, half of what the step trained on. It is the mean of the step's two batches."""
+    micro = MicroBatchLosses()
+    fit(tmp_path, "trainer.log_every_n_steps=1", callbacks=[micro])
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    logged = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    means = [(a + b) / 2 for a, b in zip(micro.losses[0::2], micro.losses[1::2])]
+    assert len(logged) == 4 and len(means) == 4
+    assert logged == pytest.approx(means, abs=1e-5)
+    assert logged != pytest.approx(micro.losses[1::2], abs=1e-3)  # not the last batch's alone
+
+
+def test_an_epoch_holds_whole_optimizer_steps(tmp_path, cache_dir):
+    """data.train_samples of 3 batches with 2 batches a step: the epoch's third batch began a
+    step that the epoch's end cut short, so after 3 steps 5 batches were consumed where a resume
+    (global_step x 2) would start at the 6th. The epoch is rounded down to whole steps."""
+    from lmlab.training import build_datamodule
+
+    cfg = compose_cfg([*TINY, f"paths.cache_dir={cache_dir}", "data.batch_size=2", "data.train_samples=6"])
+    datamodule = build_datamodule(cfg)
+    trainer = L.Trainer(max_steps=3, accumulate_grad_batches=2, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
+    trainer.fit(LanguageModule(model_cfg(TINY)), datamodule=datamodule)
+    consumed = trainer.fit_loop.epoch_loop.batch_progress.total.ready
+    assert trainer.global_step == 3 and trainer.current_epoch == 3  # three epochs of one step
+    assert consumed == 6 == datamodule.state_dict()["train_batches"]

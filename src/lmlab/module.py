@@ -7,6 +7,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from lmlab.model.transformer import Transformer
+from lmlab.resume import optimizer_stepped
 from lmlab.schedule import ANCHOR_KEY, Schedule, resume_anchor
 
 
@@ -33,6 +34,9 @@ class LanguageModule(L.LightningModule):
         # persistent (torchmetrics' default), so it is in no state_dict and no checkpoint
         self.held_out_ce = MeanMetric()
         self._anchor: tuple[int, float] | None = None  # set when a resumed run extends its length
+        # the losses of an optimizer step's micro-batches so far (gradient accumulation): the
+        # step logs their mean, not its last micro-batch's value (what Lightning writes)
+        self._step_losses: dict[str, list[torch.Tensor]] = {}
 
     def forward(self, idx: torch.Tensor):
         return self.model(idx)
@@ -43,9 +47,14 @@ class LanguageModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         ce, out = self._step(batch)
         loss = ce + sum(out.aux_losses.values())
-        self.log("train/loss", ce, prog_bar=True, sync_dist=True)  # the mean over DDP ranks
-        for name, value in out.aux_losses.items():
-            self.log(f"train/{name}", value)
+        for name, value in {"loss": ce, **out.aux_losses}.items():
+            self._step_losses.setdefault(name, []).append(value.detach())
+        if optimizer_stepped(self.trainer):  # the step's last micro-batch
+            means = {name: torch.stack(values).mean() for name, values in self._step_losses.items()}
+            self._step_losses = {}
+            self.log("train/loss", means.pop("loss"), prog_bar=True, sync_dist=True)  # the mean over DDP ranks
+            for name, value in means.items():
+                self.log(f"train/{name}", value)
         # Lightning writes a step's logged values to the loggers where step + 1 is a multiple of
         # log_every_n_steps; a value logged at other steps reached them steps late, beside another
         # step's train/loss

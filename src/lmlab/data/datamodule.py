@@ -177,10 +177,13 @@ class TokenDataModule(L.LightningDataModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         per_step = self.batch_size * world
         samples = self.train_samples or self._planned_samples(per_step)
-        n_batches = samples // per_step
+        # whole optimizer steps only: an epoch ending inside an accumulated step made Lightning
+        # step on fewer batches, and a resume (global_step x accumulate batches) started elsewhere
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer else 1
+        n_batches = samples // (per_step * accumulate) * accumulate
         if n_batches < 1:
-            raise ValueError(f"data.train_samples: {samples} is fewer than one global batch of "
-                             f"{per_step} windows")
+            raise ValueError(f"data.train_samples: {samples} is fewer than one optimizer step of "
+                             f"{per_step * accumulate} windows")
         ds = self.window_batches(n_batches, rank, world, start=self._batches_done % n_batches)
         return ResumableLoader(ds, num_workers=self.num_workers)
 
