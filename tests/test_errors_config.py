@@ -246,10 +246,3 @@ def test_a_good_config_passes_and_allocates_nothing(tmp_path):
     check_config(job_cfg(tmp_path, "model=gpt2"))  # 124M parameters: built on the meta device only
     check_config(job_cfg(tmp_path, "sample.max_new_tokens=0", "sample.prompt="))  # no sample, no prompt needed
 
-
-def test_grouped_attention_with_as_many_kv_heads_as_heads_is_named_multi_head(tmp_path, caplog):
-    """An ablation arm model/attention=gqa (2 kv heads) on a 2-head model would silently repeat mha."""
-    check_config(job_cfg(tmp_path, "model/attention=gqa", "model.n_heads=4"))
-    assert "multi-head attention" not in caplog.text
-    check_config(job_cfg(tmp_path, "model/attention=gqa", "model.n_heads=2"))
-    assert "model.attention.n_kv_heads=2 equals model.n_heads: this is multi-head attention" in caplog.text

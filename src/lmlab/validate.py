@@ -176,8 +176,8 @@ def check_bounds(plain: dict) -> None:
 
 def check_combinations(plain: dict) -> None:
     """Values that are each fine but not together: a warm-up longer than the run, Muon under
-    FSDP, extrapolation factors and a parameter budget for this model; and a warning for GQA
-    with as many KV heads as heads."""
+    FSDP, extrapolation factors and a parameter budget for this model; and warnings for attention
+    settings that change nothing."""
     warmup, steps = plain["module"]["warmup_steps"], plain["trainer"]["max_steps"]
     if warmup > steps:
         raise UserError(f"module.warmup_steps={warmup} is longer than the run (trainer.max_steps="
@@ -188,13 +188,24 @@ def check_combinations(plain: dict) -> None:
             and strategy.get("_target_", "").endswith("fsdp_strategy")):
         raise UserError("module/optimizer=muon with trainer=fsdp: Muon orthogonalizes whole matrices "
                         "and FSDP shards them; use module/optimizer=adamw")
-    n_heads = plain["model"]["n_heads"]
-    if (plain["model"].get("attention") or {}).get("n_kv_heads") == n_heads:  # set, not defaulted
-        log.warning(f"model.attention.n_kv_heads={n_heads} equals model.n_heads: this is multi-head "
-                    "attention (model/attention=mha) under another name")
+    warn_no_op_attention(plain["model"])
     check_factors(plain.get("extrapolate"), plain["model"]["context_length"])
     with as_user_error():
         check_budget(plain.get("budget") or {}, plain["model"], conf_dir())
+
+
+def warn_no_op_attention(model: dict) -> None:
+    """An ablation arm that silently repeats another: GQA with as many KV heads as heads, or a
+    window no shorter than the training context (it acts only on longer sequences)."""
+    n_heads, attention = model["n_heads"], model.get("attention") or {}
+    if attention.get("n_kv_heads") == n_heads:  # set, not defaulted
+        log.warning(f"model.attention.n_kv_heads={n_heads} equals model.n_heads: this is multi-head "
+                    "attention (model/attention=mha) under another name")
+    window, context = attention.get("window"), model["context_length"]
+    if isinstance(window, int) and window >= context:
+        log.warning(f"model.attention.window={window} is not shorter than model.context_length="
+                    f"{context}: every query sees its whole context, so training is full attention "
+                    "(the window acts only on longer sequences, e.g. extrapolate.factors)")
 
 
 def check_data(plain: dict) -> None:
