@@ -86,6 +86,9 @@ def test_train_loss_is_the_mean_over_an_optimizer_steps_batches(tmp_path):
     assert len(logged) == 4 and len(means) == 4
     assert logged == pytest.approx(means, abs=1e-5)
     assert logged != pytest.approx(micro.losses[1::2], abs=1e-3)  # not the last batch's alone
+    # the learning rates: one row per step (Lightning's monitor wrote one per batch of the step)
+    lr_steps = [int(r["step"]) for r in rows if r.get("lr-AdamW/pg1")]
+    assert lr_steps == sorted(set(lr_steps)) and len(lr_steps) == 4
 
 
 def test_an_epoch_holds_whole_optimizer_steps(tmp_path, cache_dir):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 
 from lmlab.errors import Diverged
 from lmlab.model.transformer import Transformer
@@ -27,6 +27,16 @@ def progress_bars(enabled: bool) -> list[L.Callback]:
     """The progress bar for a run: StepsProgressBar where ``rich`` is installed (where Lightning
     would pick its rich bar); none when disabled or without rich (Lightning's tqdm bar)."""
     return [StepsProgressBar()] if enabled and importlib.util.find_spec("rich") else []
+
+
+class StepLearningRateMonitor(LearningRateMonitor):
+    """Lightning's LearningRateMonitor writes the rates before every batch of a step that is
+    logged, so under gradient accumulation each step had a row per batch, all alike; this one
+    writes them before a step's first batch only (an epoch always begins a step)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:
+        if batch_idx % trainer.accumulate_grad_batches == 0:
+            super().on_train_batch_start(trainer, pl_module, batch, batch_idx, *args)
 
 
 class DivergenceGuard(L.Callback):
