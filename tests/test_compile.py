@@ -44,7 +44,8 @@ def test_compile_is_off_by_default_and_keeps_the_state_dict():
     (["model/position=rope", "model/attention=gqa"], 4, True),
     # MoE dispatch is data-dependent: the graph breaks around it, more graphs, the same tokens;
     # its routing statistics live on the model's own layers, so it decodes from the fp32 weights
-    (["model/ffn=moe", "model/position=alibi", "model.attention.window=4"], 24, False),
+    pytest.param(["model/ffn=moe", "model/position=alibi", "model.attention.window=4"], 24, False,
+                 marks=pytest.mark.slow),  # ~30 s of compiling on 2 cores
 ])
 def test_compiled_decoding_generates_the_eager_tokens(variant, max_graphs, half):
     """Decoding steps run one compiled step over a static cache: greedy tokens equal eager ones

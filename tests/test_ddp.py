@@ -45,6 +45,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert state["TokenDataModule"] == {"train_batches": 6}  # the data position, for resuming
 
 
+@pytest.mark.slow  # two DDP processes, ~30 s on 2 cores
 def test_moe_under_ddp_with_experts_idle_on_a_rank(tmp_path):
     """16 tokens per rank, 32 experts, top-1: at least 16 experts get no token on each rank;
     they still take part in the backward pass (with zero gradients), so DDP's reducer finishes."""

@@ -20,7 +20,7 @@ from lmlab.data.tokens import ShardDataModule, ShardWindowBatches
 from lmlab.data.window_stream import ResumableLoader
 from tests.conftest import ROOT
 from tests.test_resume import logged
-from tests.test_train_cli import FAST, run
+from tests.test_train_cli import FAST_ANY_CORPUS, run
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_train_a_few_steps_on_shards_and_evaluate(prepared, tmp_path):
     """Training, its length extrapolation and evaluate.py all read the shards (the last two once
     failed on data=tokens: the shard module had no split_tokens, evaluate.py no vocab_size)."""
     out, _ = prepared["parquet"]
-    run("train.py", *FAST, "data=tokens", f"data.path={out}", f"hydra.run.dir={tmp_path / 'r'}",
+    run("train.py", *FAST_ANY_CORPUS, "data=tokens", f"data.path={out}", f"hydra.run.dir={tmp_path / 'r'}",
         "sample.prompt=KING:", "extrapolate=[1,2]")
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     vals = [float(r["val/loss"]) for r in csv.DictReader(open(tmp_path / "r" / "csv" / "metrics.csv"))
@@ -166,7 +166,7 @@ def test_train_a_few_steps_on_shards_and_evaluate(prepared, tmp_path):
 @pytest.mark.slow
 def test_two_ddp_processes_on_shards_match_one_with_the_same_global_batch(prepared, tmp_path):
     out, _ = prepared["parquet"]
-    common = [*FAST, "data=tokens", f"data.path={out}", "trainer.log_every_n_steps=1",
+    common = [*FAST_ANY_CORPUS, "data=tokens", f"data.path={out}", "trainer.log_every_n_steps=1",
               "sample.max_new_tokens=0"]
     run("train.py", *common, "data.batch_size=4", f"hydra.run.dir={tmp_path / 'one'}")
     run("train.py", *common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",

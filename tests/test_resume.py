@@ -19,12 +19,13 @@ from lmlab.train_clock import TrainClock
 from lmlab.validate import check_config
 from tests.conftest import ROOT
 from tests.test_errors_config import job_cfg
-from tests.test_train_cli import FAST, run
+from tests.test_train_cli import FAST_ANY_CORPUS, run
 
 STEPS = 120
-RESUMABLE = [*FAST, f"trainer.max_steps={STEPS}", "trainer.val_check_interval=40",
-             "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=7",
-             "sample.max_new_tokens=0"]
+RESUMABLE_ANY_CORPUS = [*FAST_ANY_CORPUS, f"trainer.max_steps={STEPS}", "trainer.val_check_interval=40",
+                        "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=7",
+                        "sample.max_new_tokens=0"]
+RESUMABLE = [*RESUMABLE_ANY_CORPUS, "data.test_windows=7"]  # the plays' test split, cut as in FAST
 
 
 def logged(run_dir, key):
@@ -59,11 +60,11 @@ def timed_run(*overrides):
     return time.perf_counter() - t0
 
 
-def start_and_kill(run_dir, sig, cache, after_step=30, extra=()):
+def start_and_kill(run_dir, sig, cache, after_step=30, extra=(), base=RESUMABLE):
     """Start `python train.py`, wait for a checkpoint past ``after_step``, send ``sig``; the step
     of the last checkpoint and the exit status."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *RESUMABLE, *extra,
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *base, *extra,
                              f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -144,10 +145,11 @@ def test_killed_run_on_prepared_shards_resumes_with_identical_losses(tmp_path):
     src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     prepare(str(src), str(tmp_path / "shards"), val_fraction=0.05)
     tokens = ["data=tokens", f"data.path={tmp_path / 'shards'}"]
-    run("train.py", *RESUMABLE, *tokens, f"hydra.run.dir={tmp_path / 'full'}")
-    step, _ = start_and_kill(tmp_path / "a", signal.SIGKILL, tmp_path / "cache", 30, tokens)
+    run("train.py", *RESUMABLE_ANY_CORPUS, *tokens, f"hydra.run.dir={tmp_path / 'full'}")
+    step, _ = start_and_kill(tmp_path / "a", signal.SIGKILL, tmp_path / "cache", 30, tokens,
+                             base=RESUMABLE_ANY_CORPUS)
     assert 30 <= step < STEPS
-    run("train.py", *RESUMABLE, *tokens, f"ckpt_path={tmp_path / 'a/checkpoints/last.ckpt'}",
+    run("train.py", *RESUMABLE_ANY_CORPUS, *tokens, f"ckpt_path={tmp_path / 'a/checkpoints/last.ckpt'}",
         f"hydra.run.dir={tmp_path / 'b'}")
     want = {s: v for s, v in logged(tmp_path / "full", "train/loss").items() if s >= step}
     assert logged(tmp_path / "b", "train/loss") == want and len(want) == STEPS - step

@@ -9,13 +9,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
 
 TINY_TRIAL = ["model.n_layers=1", "model.n_heads=2", "model.context_length=16", "data.batch_size=4",
               "trainer.max_steps=4", "trainer.val_check_interval=2", "data.val_windows=4",
-              "sample.max_new_tokens=0", "module.warmup_steps=1"]
+              "sample.max_new_tokens=0", "module.warmup_steps=1", "data.test_windows=7"]
 
 
 def train_py(*argv: str, root=None) -> subprocess.CompletedProcess:
@@ -38,6 +39,7 @@ def test_a_sweep_into_the_default_directory(tmp_path, cache_dir):
     assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow  # three Optuna trials, ~30 s on 2 cores
 def test_a_failed_trial_does_not_end_the_search(tmp_path, cache_dir):
     """Random sampling (seed 0) of lr in {1e-3, 1e9} gives trials 1e9, 1e-3, 1e9: the first
     diverges. The search used to stop there with a traceback (the job returned NaN, which the

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from lmlab.run_limits import sweep_time_limit
 from lmlab.report import make_report
 from tests.conftest import compose_cfg
@@ -24,6 +26,7 @@ def test_the_default_time_limit_is_for_single_runs_only():
         assert cfg.trainer.max_time == expected, job
 
 
+@pytest.mark.slow  # a four-arm sweep, ~45 s on 2 cores
 def test_a_time_limited_arm_is_flagged_and_left_out_of_the_verdicts(tmp_path, cache_dir):
     # arm 1 asks for a zero time limit: its trainer stops before its 4 steps
     sweep = multirun(tmp_path, cache_dir, "trainer.max_time=null,'00:00:00:00'", "seed=0")

@@ -12,11 +12,14 @@ import torch
 from lmlab.sweep_jobs import read_curve
 from tests.conftest import ROOT
 
-FAST = [
+FAST_ANY_CORPUS = [
     "model.n_layers=1", "model.n_heads=2", "model.d_model=32", "model.context_length=16",
     "data.batch_size=4", "data.val_windows=4", "trainer.max_steps=6", "trainer.val_check_interval=3",
     "module.warmup_steps=2", "sample.max_new_tokens=8", "trainer.precision=32-true",
 ]
+# 7 windows of the test play, not all of its ~1,300 at context 16: scoring them was half of a
+# FAST run's 28 s (7, odd, still splits unevenly between two DDP ranks)
+FAST = [*FAST_ANY_CORPUS, "data.test_windows=7"]
 
 
 def run(script, *overrides, cwd=ROOT, check=True, timeout=240):
@@ -72,6 +75,7 @@ def test_train_writes_checkpoints_and_csv_metrics_in_the_run_dir(trained):
     assert vals[-1] < vals[0]  # it learns
 
 
+@pytest.mark.slow  # a second run; resuming is tested by default in test_resume.py
 def test_resume_continues_from_the_checkpoint(trained, tmp_path):
     run_dir, _ = trained
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -170,6 +174,7 @@ def test_fast_dev_run_is_recorded_as_completed_and_leaves_no_checkpoint(tmp_path
 # DDP: tests/test_ddp.py
 
 
+@pytest.mark.slow  # every window of the test play at 3 lengths, ~35 s
 def test_rescore_a_finished_sweep_at_several_lengths(trained, tmp_path):
     """python -m lmlab.rescore: the best checkpoint of each completed job, every window of the
     test play at each length, stored in the job's metrics.json for the report."""
