@@ -28,6 +28,7 @@ def test_train_section_compares_lmlab_with_the_textbook_loop():
     assert "fp32 textbook alone " in out and "textbook alone / lmlab:" in out  # its own process
 
 
+@pytest.mark.slow  # ~11 s
 def test_gpu_section_runs_its_step_on_a_cpu_and_reports_tokens_and_mfu():
     """The GPU section (GPT-2 124M, bf16, compiled) on a CPU at a tiny size and eager: the same
     code a GPU runs, minus the device."""

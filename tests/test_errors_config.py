@@ -188,6 +188,7 @@ BAD = [
     (["module.lr=0"], "module.lr=0: must be a number > 0"),
     (["module.lr=-1"], "module.lr=-1: must be a number > 0"),
     (["module.weight_decay=-0.1"], "module.weight_decay=-0.1: must be a number >= 0"),
+    (["module.lr=inf"], "module.lr=inf: must be a number > 0"),
     (["module.warmup_steps=-1"], "module.warmup_steps=-1: must be an integer >= 0"),
     (["module.warmup_steps=7"], "module.warmup_steps=7 is longer than the run (trainer.max_steps=6)"),
     (["trainer.max_steps=0"], "trainer.max_steps=0: must be an integer >= 1"),

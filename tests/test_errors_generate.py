@@ -132,6 +132,7 @@ def test_the_default_prompt_ends_with_a_newline():
     ({"top_p": 1.0001}, "top_p=1.0001: must be in (0, 1]"),
     ({"temperature": -1}, "temperature=-1: must be a number >= 0"),
     ({"temperature": "hot"}, "temperature='hot': must be a number >= 0"),
+    ({"temperature": float("inf")}, "temperature=inf: must be a number >= 0"),
     ({"max_new_tokens": -1}, "max_new_tokens=-1: must be an integer >= 0"),
     ({"max_new_tokens": 2.5}, "max_new_tokens=2.5: must be an integer >= 0"),
     ({"top_k": -1}, "top_k=-1: must be an integer >= 0 or null"),

@@ -143,6 +143,7 @@ def test_a_shard_of_the_wrong_size_is_refused(prepared, tmp_path):
         read_manifest(copy)
 
 
+@pytest.mark.slow  # ~32 s; training on shards runs by default in test_resume.py
 def test_train_a_few_steps_on_shards_and_evaluate(prepared, tmp_path):
     """Training, its length extrapolation and evaluate.py all read the shards (the last two once
     failed on data=tokens: the shard module had no split_tokens, evaluate.py no vocab_size)."""

@@ -94,7 +94,7 @@ def test_killed_run_resumes_with_identical_losses(uninterrupted, tmp_path, sig):
     assert record["steps"] == STEPS and 0 < before < record["train_time_s"] <= before + wall
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_signalled_run_exits_non_zero_and_records_the_interruption(uninterrupted, tmp_path, sig):
     """SIGTERM (a scheduler, `kill`) and Ctrl-C: Lightning ends training at a step's end; the run
     records that it was interrupted and by what, and exits with the shell's status for the signal

@@ -28,6 +28,7 @@ def train_py(*argv: str, root=None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # ~12 s; tests/test_sweep.py runs sweeps by default
 def test_a_sweep_into_the_default_directory(tmp_path, cache_dir):
     """No hydra.sweep.dir: the jobs go to <root>/outputs/multirun/<date>/<time>/<n>. (The
     directory once went through ${hydra:runtime.cwd}, which Hydra's sweeper cannot resolve: every

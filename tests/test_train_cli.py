@@ -162,6 +162,7 @@ def test_train_on_your_own_text_file(tmp_path):
     assert metrics["val_loss"] < 10.8
 
 
+@pytest.mark.slow  # ~10 s; debug=fast_dev_run's own record
 def test_fast_dev_run_is_recorded_as_completed_and_leaves_no_checkpoint(tmp_path, cache_dir):
     """debug=fast_dev_run, one batch of each loop: its record stayed 'running' and Lightning
     still wrote checkpoints/last.ckpt, so running it again in place was refused as an unresumed run."""

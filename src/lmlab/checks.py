@@ -5,6 +5,7 @@ refusal before anything is built for real (it runs the constructors on the meta 
 
 from __future__ import annotations
 
+import math
 import numbers
 
 
@@ -18,7 +19,9 @@ def is_int(x) -> bool:
 
 
 def is_number(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+    """A finite real number: YAML and the command line read ``inf`` and ``nan`` as floats, and
+    ``temperature=inf`` sampled from nan probabilities, ``module.lr=inf`` trained to nan."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def positive_int_or_null(key: str, value) -> None:
