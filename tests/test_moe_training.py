@@ -14,7 +14,7 @@ import torch
 
 from lmlab.callbacks import RoutingMonitor
 from lmlab.module import LanguageModule
-from tests.conftest import ROOT, model_cfg
+from tests.conftest import FEW_TEST_WINDOWS, ROOT, model_cfg
 from tests.test_moe import MOE_TINY
 
 
@@ -63,7 +63,7 @@ def test_train_cli_logs_moe_losses_and_routing(tmp_path, cache_dir):
     cmd = [
         sys.executable, "train.py", "model/ffn=moe", "model.n_layers=2", "model.d_model=32",
         "model.n_heads=2", "model.context_length=16", "data.batch_size=4", "trainer.max_steps=6", "module.warmup_steps=2",
-        "trainer.val_check_interval=3", "data.val_windows=4", "data.test_windows=7", "sample.max_new_tokens=5",
+        "trainer.val_check_interval=3", "data.val_windows=4", FEW_TEST_WINDOWS, "sample.max_new_tokens=5",
         "trainer.log_every_n_steps=2", "callbacks.routing.every_n_steps=3", "logger=csv",
         f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache_dir}",
     ]

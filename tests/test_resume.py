@@ -17,7 +17,7 @@ from lmlab.resume import AtomicCheckpointIO
 from lmlab.run_record import job_status
 from lmlab.train_clock import TrainClock
 from lmlab.validate import check_config
-from tests.conftest import ROOT
+from tests.conftest import FEW_TEST_WINDOWS, ROOT
 from tests.test_errors_config import job_cfg
 from tests.test_train_cli import FAST_ANY_CORPUS, run
 
@@ -25,7 +25,7 @@ STEPS = 120
 RESUMABLE_ANY_CORPUS = [*FAST_ANY_CORPUS, f"trainer.max_steps={STEPS}", "trainer.val_check_interval=40",
                         "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=7",
                         "sample.max_new_tokens=0"]
-RESUMABLE = [*RESUMABLE_ANY_CORPUS, "data.test_windows=7"]  # the plays' test split, cut as in FAST
+RESUMABLE = [*RESUMABLE_ANY_CORPUS, FEW_TEST_WINDOWS]
 
 
 def logged(run_dir, key):

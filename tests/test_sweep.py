@@ -17,11 +17,11 @@ import yaml
 
 from lmlab.report import make_report
 from lmlab.sweep_jobs import read_curve
-from tests.conftest import ROOT, compose_cfg
+from tests.conftest import FEW_TEST_WINDOWS, ROOT, compose_cfg
 
 SMALL = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.context_length=16",
          "data.batch_size=4", "trainer.max_steps=4", "trainer.val_check_interval=2",
-         "data.val_windows=4", "sample.max_new_tokens=5", "module.warmup_steps=2", "data.test_windows=7"]
+         "data.val_windows=4", "sample.max_new_tokens=5", "module.warmup_steps=2", FEW_TEST_WINDOWS]
 
 
 def multirun(tmp_path: Path, cache_dir: Path, *overrides: str) -> Path:  # noqa: D401

@@ -12,11 +12,11 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import FEW_TEST_WINDOWS, ROOT
 
 TINY_TRIAL = ["model.n_layers=1", "model.n_heads=2", "model.context_length=16", "data.batch_size=4",
               "trainer.max_steps=4", "trainer.val_check_interval=2", "data.val_windows=4",
-              "sample.max_new_tokens=0", "module.warmup_steps=1", "data.test_windows=7"]
+              "sample.max_new_tokens=0", "module.warmup_steps=1", FEW_TEST_WINDOWS]
 
 
 def train_py(*argv: str, root=None) -> subprocess.CompletedProcess:

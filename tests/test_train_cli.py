@@ -10,16 +10,14 @@ import pytest
 import torch
 
 from lmlab.sweep_jobs import read_curve
-from tests.conftest import ROOT
+from tests.conftest import FEW_TEST_WINDOWS, ROOT
 
 FAST_ANY_CORPUS = [
     "model.n_layers=1", "model.n_heads=2", "model.d_model=32", "model.context_length=16",
     "data.batch_size=4", "data.val_windows=4", "trainer.max_steps=6", "trainer.val_check_interval=3",
     "module.warmup_steps=2", "sample.max_new_tokens=8", "trainer.precision=32-true",
 ]
-# 7 windows of the test play, not all of its ~1,300 at context 16: scoring them was half of a
-# FAST run's 28 s (7, odd, still splits unevenly between two DDP ranks)
-FAST = [*FAST_ANY_CORPUS, "data.test_windows=7"]
+FAST = [*FAST_ANY_CORPUS, FEW_TEST_WINDOWS]
 
 
 def run(script, *overrides, cwd=ROOT, check=True, timeout=240):

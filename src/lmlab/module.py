@@ -52,7 +52,8 @@ class LanguageModule(L.LightningModule):
         if optimizer_stepped(self.trainer):  # the step's last micro-batch
             means = {name: torch.stack(values).mean() for name, values in self._step_losses.items()}
             self._step_losses = {}
-            self.log("train/loss", means.pop("loss"), prog_bar=True, sync_dist=True)  # the mean over DDP ranks
+            # train/loss: also the mean over DDP ranks
+            self.log("train/loss", means.pop("loss"), prog_bar=True, sync_dist=True)
             for name, value in means.items():
                 self.log(f"train/{name}", value)
         # Lightning writes a step's logged values to the loggers where step + 1 is a multiple of

@@ -205,7 +205,7 @@ def warn_no_op_attention(model: dict) -> None:
     if isinstance(window, int) and window >= context:
         log.warning(f"model.attention.window={window} is not shorter than model.context_length="
                     f"{context}: every query sees its whole context, so training is full attention "
-                    "(the window acts only on longer sequences, e.g. extrapolate.factors)")
+                    "(the window acts only on longer sequences, e.g. extrapolate=[1,2,4])")
 
 
 def check_data(plain: dict) -> None:
