@@ -49,6 +49,9 @@ def test_train_prints_loss_perplexity_and_a_sample(trained):
     assert f"test loss {metrics['test_loss']:.4f}, perplexity {metrics['test_ppl']:.2f}" in out
     assert metrics["val_ppl"] == pytest.approx(2.718281828 ** metrics["val_loss"], rel=1e-6)
     assert (run_dir / "sample.txt").read_text().startswith("ROMEO:")
+    # Lightning's lines once on the console (not also through its own handler), and in train.log
+    assert out.count("`Trainer.fit` stopped: `max_steps=6` reached.") == 1
+    assert "`Trainer.fit` stopped" in (run_dir / "train.log").read_text()
     # throughput: the run's MFU is one device's model FLOP/s over the CPU's measured matmul peak
     assert 0 < metrics["mfu"] < 1 and metrics["peak_flops"] > 1e9
     assert metrics["mfu"] == pytest.approx(

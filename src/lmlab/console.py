@@ -32,3 +32,17 @@ def quiet_third_party() -> None:
     # every mid-run resume: lmlab's data modules restart their loaders at the checkpoint's batch
     # themselves (TokenDataModule.state_dict), which Lightning cannot see in the loader
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
+
+
+def lightning_lines_once() -> None:
+    """Each of Lightning's log lines once. Importing the ``lightning`` package gives its logger a
+    console handler of its own, and Lightning's lines also reach the root logger's handlers, which
+    Hydra sets up (the console and the run's log file): every such line came twice on the console
+    (the duplicate-logging reports facebookresearch/hydra#1012, #2898). Where the root has
+    handlers, Lightning's own console handler is dropped; the root's print the line and log it."""
+    if not logging.getLogger().handlers:
+        return  # no Hydra (a script): Lightning's handler is the only one that prints its lines
+    lightning_logger = logging.getLogger("lightning")
+    for handler in list(lightning_logger.handlers):
+        if type(handler) is logging.StreamHandler:  # its console handler, not a file handler
+            lightning_logger.removeHandler(handler)

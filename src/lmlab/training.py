@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmlab.budget import match_params
 from lmlab.callbacks import DivergenceGuard, ValidateLastStep, progress_bars
 from lmlab.config import conf_dir
+from lmlab.console import lightning_lines_once
 from lmlab.errors import Diverged, UserError, as_user_error
 from lmlab.evaluation import score, summary
 from lmlab.hardware import peak_memory_bytes, peak_memory_kind, reset_peak_memory, return_freed_memory
@@ -97,6 +98,7 @@ def make_trainer(cfg: DictConfig, loggers: list, extra_callbacks: tuple | list =
     step boundaries, progress bar), checkpoints written atomically, validation and ``max_time``
     acting at optimizer steps' ends (lmlab.run_limits.trainer_limits); ``overrides`` replace
     ``cfg.trainer`` keys. The clock counts only inside its ``timing()`` block (see ``fit``)."""
+    lightning_lines_once()
     # callbacks.<name>=null turns one off (Lightning takes no None among its callbacks)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     meter, clock = ThroughputMeter(), TrainClock()
