@@ -97,6 +97,7 @@ def test_multirun_grid_and_report(tmp_path, cache_dir):
     for job in jobs:
         m = json.loads((job / "metrics.json").read_text())
         assert m["status"] == "completed"
+        assert "`Trainer.fit` stopped" in (job / "train.log").read_text()  # Lightning's lines too
         ov = overrides_of(job)
         label = " ".join(o for o in ov if o.startswith(("model/attention", "model/position")))
         (row,) = [r for r in rows if r["arm"] == label]

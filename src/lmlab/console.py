@@ -34,15 +34,20 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
 
 
+
 def lightning_lines_once() -> None:
-    """Each of Lightning's log lines once. Importing the ``lightning`` package gives its logger a
-    console handler of its own, and Lightning's lines also reach the root logger's handlers, which
-    Hydra sets up (the console and the run's log file): every such line came twice on the console
-    (the duplicate-logging reports facebookresearch/hydra#1012, #2898). Where the root has
-    handlers, Lightning's own console handler is dropped; the root's print the line and log it."""
+    """Each of Lightning's log lines once on the console, and in the run's log file. Importing the
+    ``lightning`` package gives its logger a console handler of its own, and ``lightning.pytorch``
+    and ``lightning.fabric`` each take one (and stop propagating) when imported before the root
+    logger has handlers. Where Hydra has set the root's handlers (the console and the run's log
+    file) by now, a single run printed every Lightning line twice, and a sweep's jobs printed them
+    outside their log files (the duplicate-logging reports facebookresearch/hydra#1012, #2898).
+    There Lightning's console handlers are dropped and its lines go to the root's."""
     if not logging.getLogger().handlers:
-        return  # no Hydra (a script): Lightning's handler is the only one that prints its lines
-    lightning_logger = logging.getLogger("lightning")
-    for handler in list(lightning_logger.handlers):
-        if type(handler) is logging.StreamHandler:  # its console handler, not a file handler
-            lightning_logger.removeHandler(handler)
+        return  # no Hydra (a script): Lightning's handlers are the ones that print its lines
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:  # its console handler, not a file handler
+                logger.removeHandler(handler)
+        logger.propagate = True
