@@ -88,6 +88,29 @@ def test_a_run_bounded_by_steps_shows_its_epoch_without_a_negative_total():
     assert titles == {"Epoch 0", "Epoch 1"}  # two batches an epoch; Lightning's: "Epoch 0/-2", ...
 
 
+def test_the_progress_bar_counts_optimizer_steps_under_accumulation():
+    """Two batches a step, three steps: the bar ends at 3/3 (Lightning's counts batches against the
+    remaining steps: 6/3)."""
+    import io
+    import re
+
+    import lightning as L
+
+    from lmlab.callbacks import StepsProgressBar
+
+    out = io.StringIO()
+    bar = StepsProgressBar(console_kwargs={"file": out, "force_terminal": True, "width": 120})
+    module = LanguageModule(model_cfg(TINY + ["model.vocab_size=64"]))
+    data = torch.utils.data.DataLoader(torch.randint(0, 64, (12, 17)), batch_size=2)  # 6 batches
+    trainer = L.Trainer(max_steps=3, max_epochs=-1, accumulate_grad_batches=2, logger=False,
+                        enable_checkpointing=False, accelerator="cpu", callbacks=[bar],
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, data)
+    assert trainer.global_step == 3
+    counts = {tuple(map(int, c)) for c in re.findall(r"Epoch 0\s+\S+ (\d+)/(\d+)", out.getvalue())}
+    assert (3, 3) in counts and all(done <= total == 3 for done, total in counts)
+
+
 def test_the_gradient_norm_is_logged_before_clipping():
     import lightning as L
 

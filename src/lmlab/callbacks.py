@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import lightning as L
@@ -14,8 +15,24 @@ from lmlab.model.transformer import Transformer
 
 
 class StepsProgressBar(RichProgressBar):
-    """Lightning's rich progress bar, which titles a run bounded by steps (``max_epochs: -1``,
-    lmlab's default) "Epoch 0/-2"; this one says "Epoch 0", and the bar counts the steps."""
+    """Lightning's rich progress bar, counting optimizer steps. Lightning's counts batches, and for
+    a run bounded by steps (``max_epochs: -1``, lmlab's default) takes the remaining steps as its
+    total: under gradient accumulation it read "800/400" at the end of 400 steps of two batches.
+    This one counts a step when its last batch ends, out of the epoch's steps. It also titles such
+    a run "Epoch 0", where Lightning's says "Epoch 0/-2"."""
+
+    @property
+    def total_train_batches(self) -> int | float:  # steps, here
+        trainer = self.trainer
+        steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches) \
+            if math.isfinite(trainer.num_training_batches) else math.inf
+        if trainer.max_epochs == -1 and trainer.max_steps is not None and trainer.max_steps > 0:
+            return min(steps, trainer.max_steps - trainer.global_step)
+        return steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        steps_done = (batch_idx + 1) // trainer.accumulate_grad_batches  # in this epoch
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, steps_done - 1)  # its count
 
     def _get_train_description(self, current_epoch: int) -> str:
         if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:
