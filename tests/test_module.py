@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -68,10 +69,10 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     assert math.isfinite(back(x).logits.sum().item())
 
 
-def test_a_run_bounded_by_steps_shows_its_epoch_without_a_negative_total():
-    """Lightning's rich bar titles a run with max_epochs=-1 (lmlab's default) "Epoch 0/-2"."""
+def progress_bar_output(rows: int, **trainer_kwargs) -> str:
+    """What StepsProgressBar draws for a run of ``max_epochs=-1`` over ``rows`` windows in
+    batches of two."""
     import io
-    import re
 
     import lightning as L
 
@@ -80,34 +81,25 @@ def test_a_run_bounded_by_steps_shows_its_epoch_without_a_negative_total():
     out = io.StringIO()
     bar = StepsProgressBar(console_kwargs={"file": out, "force_terminal": True, "width": 120})
     module = LanguageModule(model_cfg(TINY + ["model.vocab_size=64"]))
-    data = torch.utils.data.DataLoader(torch.randint(0, 64, (4, 17)), batch_size=2)
-    trainer = L.Trainer(max_steps=3, max_epochs=-1, logger=False, enable_checkpointing=False,
-                        accelerator="cpu", callbacks=[bar], enable_model_summary=False)
+    data = torch.utils.data.DataLoader(torch.randint(0, 64, (rows, 17)), batch_size=2)
+    trainer = L.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, accelerator="cpu",
+                        callbacks=[bar], enable_model_summary=False, limit_val_batches=0, **trainer_kwargs)
     trainer.fit(module, data)
-    titles = set(re.findall(r"Epoch \S+", out.getvalue()))
+    assert trainer.global_step == trainer_kwargs["max_steps"]
+    return out.getvalue()
+
+
+def test_a_run_bounded_by_steps_shows_its_epoch_without_a_negative_total():
+    """Lightning's rich bar titles a run with max_epochs=-1 (lmlab's default) "Epoch 0/-2"."""
+    titles = set(re.findall(r"Epoch \S+", progress_bar_output(4, max_steps=3)))
     assert titles == {"Epoch 0", "Epoch 1"}  # two batches an epoch; Lightning's: "Epoch 0/-2", ...
 
 
 def test_the_progress_bar_counts_optimizer_steps_under_accumulation():
     """Two batches a step, three steps: the bar ends at 3/3 (Lightning's counts batches against the
     remaining steps: 6/3)."""
-    import io
-    import re
-
-    import lightning as L
-
-    from lmlab.callbacks import StepsProgressBar
-
-    out = io.StringIO()
-    bar = StepsProgressBar(console_kwargs={"file": out, "force_terminal": True, "width": 120})
-    module = LanguageModule(model_cfg(TINY + ["model.vocab_size=64"]))
-    data = torch.utils.data.DataLoader(torch.randint(0, 64, (12, 17)), batch_size=2)  # 6 batches
-    trainer = L.Trainer(max_steps=3, max_epochs=-1, accumulate_grad_batches=2, logger=False,
-                        enable_checkpointing=False, accelerator="cpu", callbacks=[bar],
-                        enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(module, data)
-    assert trainer.global_step == 3
-    counts = {tuple(map(int, c)) for c in re.findall(r"Epoch 0\s+\S+ (\d+)/(\d+)", out.getvalue())}
+    out = progress_bar_output(12, max_steps=3, accumulate_grad_batches=2)  # 6 batches
+    counts = {tuple(map(int, c)) for c in re.findall(r"Epoch 0\s+\S+ (\d+)/(\d+)", out)}
     assert (3, 3) in counts and all(done <= total == 3 for done, total in counts)
 
 
