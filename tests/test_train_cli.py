@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -34,7 +35,8 @@ def trained(tmp_path_factory):
     """One tiny training run shared by the tests below."""
     tmp = tmp_path_factory.mktemp("run")
     run_dir = tmp / "run"
-    proc = run("train.py", *FAST, f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp / 'cache'}")
+    proc = run("train.py", *FAST, "trainer.log_every_n_steps=3", f"hydra.run.dir={run_dir}",
+               f"paths.cache_dir={tmp / 'cache'}")
     return run_dir, proc
 
 
@@ -57,6 +59,9 @@ def test_train_prints_loss_perplexity_and_a_sample(trained):
     assert metrics["mfu"] == pytest.approx(
         metrics["tokens_per_s"] * metrics["flops_per_token"] / metrics["peak_flops"], rel=1e-9)
     assert f"MFU {metrics['mfu']:.1%}" in out and "(measured matmul)" in out
+    # the progress bar's throughput in whole tokens/s and its MFU in percent (the last step's; the
+    # bar wraps and truncates its names to the width, so the tokens/s value is found before MFU's)
+    assert re.search(r"\s[\d,]+\s+train/mfu:\s+\d+\.\d%", out)
     assert 0.1 < metrics["peak_memory_gib"] < 16  # the process's resident peak while training
     assert f"peak memory {metrics['peak_memory_gib']:.2f} GiB (resident)" in out
 

@@ -19,7 +19,15 @@ class StepsProgressBar(RichProgressBar):
     a run bounded by steps (``max_epochs: -1``, lmlab's default) takes the remaining steps as its
     total: under gradient accumulation it read "800/400" at the end of 400 steps of two batches.
     This one counts a step when its last batch ends, out of the epoch's steps. It also titles such
-    a run "Epoch 0", where Lightning's says "Epoch 0/-2"."""
+    a run "Epoch 0", where Lightning's says "Epoch 0/-2". Throughput reads as "1,142" tokens/s and
+    MFU as "62.0%" (Lightning's: 1141.852 and 0.620)."""
+
+    FORMATS = {"train/tokens_per_s": "{:,.0f}", "train/mfu": "{:.1%}"}
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        return {k: self.FORMATS[k].format(v) if k in self.FORMATS and isinstance(v, float) else v
+                for k, v in metrics.items()}
 
     @property
     def total_train_batches(self) -> int | float:  # steps, here
