@@ -59,9 +59,8 @@ def test_train_prints_loss_perplexity_and_a_sample(trained):
     assert metrics["mfu"] == pytest.approx(
         metrics["tokens_per_s"] * metrics["flops_per_token"] / metrics["peak_flops"], rel=1e-9)
     assert f"MFU {metrics['mfu']:.1%}" in out and "(measured matmul)" in out
-    # the progress bar's throughput in whole tokens/s and its MFU in percent (the last step's; the
-    # bar wraps and truncates its names to the width, so the tokens/s value is found before MFU's)
-    assert re.search(r"\s[\d,]+\s+train/mfu:\s+\d+\.\d%", out)
+    # the progress bar's short labels, whole tokens/s and MFU in percent (the last step's)
+    assert re.search(r"loss:\s+\d+\.\d{3}\s+tokens/s:\s+[\d,]+\s+MFU:\s+\d+\.\d%", out)
     assert 0.1 < metrics["peak_memory_gib"] < 16  # the process's resident peak while training
     assert f"peak memory {metrics['peak_memory_gib']:.2f} GiB (resident)" in out
 

@@ -19,15 +19,20 @@ class StepsProgressBar(RichProgressBar):
     a run bounded by steps (``max_epochs: -1``, lmlab's default) takes the remaining steps as its
     total: under gradient accumulation it read "800/400" at the end of 400 steps of two batches.
     This one counts a step when its last batch ends, out of the epoch's steps. It also titles such
-    a run "Epoch 0", where Lightning's says "Epoch 0/-2". Throughput reads as "1,142" tokens/s and
-    MFU as "62.0%" (Lightning's: 1141.852 and 0.620)."""
+    a run "Epoch 0", where Lightning's says "Epoch 0/-2". The usual metrics take short labels
+    and read "loss: 5.274 tokens/s: 1,142 MFU: 62.0%" (Lightning's: "train/loss: 5.274
+    train/tokens_per_s: 1141.852 train/mfu: 0.620"), which fits a terminal's width; the logs keep
+    the metrics' names."""
 
-    FORMATS = {"train/tokens_per_s": "{:,.0f}", "train/mfu": "{:.1%}"}
+    LABELS = {"train/loss": ("loss", "{:.3f}"), "train/tokens_per_s": ("tokens/s", "{:,.0f}"),
+              "train/mfu": ("MFU", "{:.1%}"), "val/loss": ("val loss", "{:.3f}")}
 
     def get_metrics(self, trainer, pl_module) -> dict:
-        metrics = super().get_metrics(trainer, pl_module)
-        return {k: self.FORMATS[k].format(v) if k in self.FORMATS and isinstance(v, float) else v
-                for k, v in metrics.items()}
+        shown = {}
+        for name, value in super().get_metrics(trainer, pl_module).items():
+            label, form = self.LABELS.get(name, (name, None))
+            shown[label] = form.format(value) if form and isinstance(value, float) else value
+        return shown
 
     @property
     def total_train_batches(self) -> int | float:  # steps, here
