@@ -69,24 +69,33 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     assert math.isfinite(back(x).logits.sum().item())
 
 
-def progress_bar_output(rows: int, **trainer_kwargs) -> str:
+def progress_bar_output(rows: int, ckpt_path=None, checkpoints=None, **trainer_kwargs) -> str:
     """What StepsProgressBar draws for a run of ``max_epochs=-1`` over ``rows`` windows in
-    batches of two."""
+    batches of two (resumed from ``ckpt_path``; ``last.ckpt`` every two steps in ``checkpoints``)."""
     import io
 
     import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from lmlab.callbacks import StepsProgressBar
 
     out = io.StringIO()
-    bar = StepsProgressBar(console_kwargs={"file": out, "force_terminal": True, "width": 120})
+    callbacks = [StepsProgressBar(console_kwargs={"file": out, "force_terminal": True, "width": 120})]
+    if checkpoints:
+        callbacks.append(ModelCheckpoint(checkpoints, every_n_train_steps=2, save_last=True, save_top_k=0))
+    torch.manual_seed(0)
     module = LanguageModule(model_cfg(TINY + ["model.vocab_size=64"]))
     data = torch.utils.data.DataLoader(torch.randint(0, 64, (rows, 17)), batch_size=2)
-    trainer = L.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, accelerator="cpu",
-                        callbacks=[bar], enable_model_summary=False, limit_val_batches=0, **trainer_kwargs)
-    trainer.fit(module, data)
+    trainer = L.Trainer(max_epochs=-1, logger=False, enable_checkpointing=bool(checkpoints), accelerator="cpu",
+                        callbacks=callbacks, enable_model_summary=False, limit_val_batches=0, **trainer_kwargs)
+    trainer.fit(module, data, ckpt_path=ckpt_path)
     assert trainer.global_step == trainer_kwargs["max_steps"]
     return out.getvalue()
+
+
+def bar_counts(out: str) -> set[tuple[str, int, int]]:
+    """(epoch title, done, total) of every state the bar drew."""
+    return {(title, int(done), int(total)) for title, done, total in re.findall(r"(Epoch \d+)\s+\S+ (\d+)/(\d+)", out)}
 
 
 def test_a_run_bounded_by_steps_shows_its_epoch_without_a_negative_total():
@@ -98,9 +107,18 @@ def test_a_run_bounded_by_steps_shows_its_epoch_without_a_negative_total():
 def test_the_progress_bar_counts_optimizer_steps_under_accumulation():
     """Two batches a step, three steps: the bar ends at 3/3 (Lightning's counts batches against the
     remaining steps: 6/3)."""
-    out = progress_bar_output(12, max_steps=3, accumulate_grad_batches=2)  # 6 batches
-    counts = {tuple(map(int, c)) for c in re.findall(r"Epoch 0\s+\S+ (\d+)/(\d+)", out)}
-    assert (3, 3) in counts and all(done <= total == 3 for done, total in counts)
+    counts = bar_counts(progress_bar_output(12, max_steps=3, accumulate_grad_batches=2))  # 6 batches
+    assert ("Epoch 0", 3, 3) in counts and all(done <= total == 3 for _, done, total in counts)
+
+
+def test_a_resumed_runs_progress_bar_counts_from_the_epochs_start(tmp_path):
+    """Six steps an epoch, resumed at step 4 of 8: epoch 0 counts from 4/6, epoch 1 to 2 (Lightning's
+    total was the steps left at the resume: 4/4, then 5/4 and 6/4)."""
+    progress_bar_output(24, max_steps=4, accumulate_grad_batches=2, checkpoints=tmp_path)
+    counts = bar_counts(progress_bar_output(24, max_steps=8, accumulate_grad_batches=2,
+                                            ckpt_path=tmp_path / "last.ckpt"))
+    assert {(title, total) for title, _, total in counts} == {("Epoch 0", 6), ("Epoch 1", 2)}
+    assert ("Epoch 0", 4, 6) in counts and all(done <= total for _, done, total in counts)
 
 
 def test_the_gradient_norm_is_logged_before_clipping():

@@ -18,7 +18,8 @@ class StepsProgressBar(RichProgressBar):
     """Lightning's rich progress bar, counting optimizer steps. Lightning's counts batches, and for
     a run bounded by steps (``max_epochs: -1``, lmlab's default) takes the remaining steps as its
     total: under gradient accumulation it read "800/400" at the end of 400 steps of two batches.
-    This one counts a step when its last batch ends, out of the epoch's steps. It also titles such
+    This one counts a step when its last batch ends, out of the epoch's steps (see
+    ``total_train_batches``). It also titles such
     a run "Epoch 0", where Lightning's says "Epoch 0/-2". The usual metrics take short labels
     and read "loss: 5.274 tokens/s: 1,142 MFU: 62.0%" (Lightning's: "train/loss: 5.274
     train/tokens_per_s: 1141.852 train/mfu: 0.620"), which fits a terminal's width; the logs keep
@@ -36,11 +37,15 @@ class StepsProgressBar(RichProgressBar):
 
     @property
     def total_train_batches(self) -> int | float:  # steps, here
+        """The epoch's steps, and in a run bounded by steps, those of them before ``max_steps``:
+        counted from the epoch's start, as the bar is (Lightning's counted from the current step,
+        so a run resumed at step 200 of 400 ended at "400/200")."""
         trainer = self.trainer
-        steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches) \
-            if math.isfinite(trainer.num_training_batches) else math.inf
+        if not math.isfinite(trainer.num_training_batches):
+            return trainer.max_steps if trainer.max_steps > 0 else math.inf  # one endless epoch
+        steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         if trainer.max_epochs == -1 and trainer.max_steps is not None and trainer.max_steps > 0:
-            return min(steps, trainer.max_steps - trainer.global_step)
+            return min(steps, trainer.max_steps - trainer.current_epoch * steps)
         return steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:

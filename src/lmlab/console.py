@@ -34,7 +34,6 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
 
 
-
 def lightning_lines_once() -> None:
     """Each of Lightning's log lines once on the console, and in the run's log file. Importing the
     ``lightning`` package gives its logger a console handler of its own, and ``lightning.pytorch``
