@@ -90,7 +90,10 @@ def cmd_generate(args) -> None:
           f"fp32 weights can gain on this machine")
     copies = "fp16 copies of the weights" if half is not None else "fp32 weights"
     print(f"  the compiled step reads {copies}: {read / 1e6:.0f} MB, floor {1e3 * floor * read / weights:.2f} ms "
-          f"(compiled step {1e3 * t['compiled'] / N:.2f} ms)\n")
+          f"(compiled step {1e3 * t['compiled'] / N:.2f} ms)")
+    step_ms = {"eager": 1e3 * t["cached"] / N, "compiled": 1e3 * t["compiled"] / N}
+    sampling_draw(B, model.cfg["vocab_size"], args.repeats, step_ms)
+
 
     # 2. against transformers, with a context that holds prompt and continuation (GPT-2's
     #    position table cannot go past n_positions)
@@ -110,6 +113,28 @@ def cmd_generate(args) -> None:
     print(f"  lmlab, KV cache          {B * N / t['lmlab']:8.0f} tokens/s")
     print(f"  transformers generate()  {B * N / t['hf']:8.0f} tokens/s   lmlab / transformers = "
           f"{t['hf'] / t['lmlab']:.2f}x  (target >= 1)")
+
+
+def sampling_draw(B: int, vocab: int, repeats: int, step_ms: dict[str, float], draws: int = 50) -> None:
+    """Sampling (temperature > 0, generate.py's default) draws one token per row from the softmax:
+    lmlab's inverse-CDF draw against torch.multinomial, beside the decoding steps it follows."""
+    from lmlab.sampling import draw
+
+    probs = torch.randn(B, vocab, generator=torch.Generator().manual_seed(0)).softmax(-1)
+    gen = torch.Generator().manual_seed(0)
+
+    def many(one):
+        def run():
+            for _ in range(draws):
+                one()
+        return run
+
+    t = bench({"draw": many(lambda: draw(probs, gen)),
+               "multinomial": many(lambda: torch.multinomial(probs, 1, generator=gen))}, repeats, warmup=1)
+    steps = ", ".join(f"{k} {v:.2f} ms" for k, v in step_ms.items())
+    print(f"  a sampled token's draw from {B} x {vocab:,} probabilities: lmlab {1e3 * t['draw'] / draws:.3f} ms, "
+          f"torch.multinomial {1e3 * t['multinomial'] / draws:.3f} ms: {t['multinomial'] / t['draw']:.1f}x "
+          f"(the decoding step it follows: {steps})\n")
 
 
 OPTIONS = [
