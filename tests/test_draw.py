@@ -42,3 +42,25 @@ def test_sampling_is_reproducible_from_its_generator():
     assert torch.equal(first, again) and first.shape == (8, 1)
     other = sample_next(logits, 0.8, 200, generator=torch.Generator().manual_seed(4))
     assert not torch.equal(first, other)
+
+
+def test_the_nucleus_is_transformers_top_p():
+    """outside_nucleus drops the tokens transformers' TopPLogitsWarper drops: peaked rows (the
+    nucleus among the top 1,024, the fast path) and flat ones (the whole row sorted)."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from lmlab.sampling import NUCLEUS_CANDIDATES, outside_nucleus
+
+    g = torch.Generator().manual_seed(0)
+    for scale in (8.0, 3.0, 0.05):  # peaked to nearly flat over 50,257 ids
+        logits = torch.randn(6, 50_257, generator=g, dtype=torch.float64) * scale
+        for top_p in (0.5, 0.9, 0.99):
+            ours = outside_nucleus(logits, top_p)
+            theirs = TopPLogitsWarper(top_p)(None, logits.clone()).isinf()
+            assert torch.equal(ours, theirs), (scale, top_p)
+            kept = (~ours).sum(-1)
+            assert (kept >= 1).all()
+            if scale == 8.0:
+                assert (kept < NUCLEUS_CANDIDATES).all()  # the fast path's rows
+            if scale == 0.05:
+                assert (kept > NUCLEUS_CANDIDATES).all()  # rows that had to be sorted whole

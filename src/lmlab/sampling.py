@@ -49,13 +49,27 @@ def sample_next(
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
         logits = torch.where(logits < kth, float("-inf"), logits)  # masked_fill: 6x as long here
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # drop a token when the tokens ranked above it already reach top_p (keeps at least one)
-        drop_sorted = cum - sorted_logits.softmax(dim=-1) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = torch.where(drop, float("-inf"), logits)
+        logits = torch.where(outside_nucleus(logits, top_p), float("-inf"), logits)
     return draw(logits.softmax(dim=-1), generator)
+
+
+NUCLEUS_CANDIDATES = 1024  # a row's top tokens, where its nucleus is looked for first
+
+
+def outside_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """logits (B, vocab) -> (B, vocab), True for the tokens outside each row's nucleus: a token is
+    dropped when the tokens ranked above it already reach ``top_p`` (so at least one is kept). The
+    ranking is looked for among the top NUCLEUS_CANDIDATES first, which hold the nucleus unless the
+    distribution is flat (then the whole row is sorted): sorting all 50,257 took 4-6 ms a row on a
+    2-core EPYC, as long as a decoding step."""
+    k = min(NUCLEUS_CANDIDATES, logits.shape[-1])
+    lse = logits.logsumexp(dim=-1, keepdim=True)  # (B, 1)
+    ranked, order = logits.topk(k, dim=-1)  # (B, k), highest first
+    if k < logits.shape[-1] and not bool(((ranked - lse).exp().sum(-1) >= top_p).all()):
+        ranked, order = logits.sort(dim=-1, descending=True)  # (B, vocab)
+    probs = (ranked - lse).exp()  # the row's softmax, in rank order
+    keep = probs.cumsum(dim=-1) - probs < top_p
+    return ~torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, keep)
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
