@@ -94,7 +94,6 @@ def cmd_generate(args) -> None:
     step_ms = {"eager": 1e3 * t["cached"] / N, "compiled": 1e3 * t["compiled"] / N}
     sampling_draw(B, model.cfg["vocab_size"], args.repeats, step_ms)
 
-
     # 2. against transformers, with a context that holds prompt and continuation (GPT-2's
     #    position table cannot go past n_positions)
     ctx = P + N

@@ -22,10 +22,10 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-# a model small enough for a forward and backward pass in milliseconds
 # 7 windows of the test play, not all of its ~1,300 at context 16: scoring them was half of a short
 # train.py run's 28 s (7, odd, still splits unevenly between two DDP ranks)
 FEW_TEST_WINDOWS = "data.test_windows=7"
+# a model small enough for a forward and backward pass in milliseconds
 TINY = ["model.n_layers=2", "model.n_heads=4", "model.d_model=32", "model.context_length=16"]
 
 

@@ -19,9 +19,8 @@ class StepsProgressBar(RichProgressBar):
     a run bounded by steps (``max_epochs: -1``, lmlab's default) takes the remaining steps as its
     total: under gradient accumulation it read "800/400" at the end of 400 steps of two batches.
     This one counts a step when its last batch ends, out of the epoch's steps (see
-    ``total_train_batches``). It also titles such
-    a run "Epoch 0", where Lightning's says "Epoch 0/-2". The usual metrics take short labels
-    and read "loss: 5.274 tokens/s: 1,142 MFU: 62.0%" (Lightning's: "train/loss: 5.274
+    ``total_train_batches``). It also titles such a run "Epoch 0", where Lightning's says
+    "Epoch 0/-2". The usual metrics take short labels and read "loss: 5.274 tokens/s: 1,142 MFU: 62.0%" (Lightning's: "train/loss: 5.274
     train/tokens_per_s: 1141.852 train/mfu: 0.620"), which fits a terminal's width; the logs keep
     the metrics' names."""
 

@@ -65,9 +65,10 @@ def outside_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     k = min(NUCLEUS_CANDIDATES, logits.shape[-1])
     lse = logits.logsumexp(dim=-1, keepdim=True)  # (B, 1)
     ranked, order = logits.topk(k, dim=-1)  # (B, k), highest first
-    if k < logits.shape[-1] and not bool(((ranked - lse).exp().sum(-1) >= top_p).all()):
-        ranked, order = logits.sort(dim=-1, descending=True)  # (B, vocab)
     probs = (ranked - lse).exp()  # the row's softmax, in rank order
+    if k < logits.shape[-1] and not bool((probs.sum(-1) >= top_p).all()):
+        ranked, order = logits.sort(dim=-1, descending=True)  # (B, vocab)
+        probs = (ranked - lse).exp()
     keep = probs.cumsum(dim=-1) - probs < top_p
     return ~torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, keep)
 
