@@ -15,6 +15,7 @@ from torch import nn
 from bench_common import bench, machine
 from bench_generate import OPTIONS as GENERATE_OPTIONS, cmd_generate
 from bench_gpu import OPTIONS as GPU_OPTIONS, cmd_gpu
+from bench_recompute import cmd_recompute
 from bench_train import cmd_overhead, cmd_train
 from lmlab.errors import positive_int
 from lmlab.hardware import reuse_freed_memory
@@ -91,6 +92,12 @@ SECTIONS = {
                  GENERATE_OPTIONS),
     "gpu": (cmd_gpu, "GPT-2 124M, context 1024, bf16, compiled, on a GPU: tokens/s and MFU",
             GPU_OPTIONS),
+    "recompute": (cmd_recompute, "activation checkpointing vs the plain step: time and memory", [
+        ("overrides", dict(nargs="*", help="config overrides (default: the default model, and at "
+                                           "context 1024)")),
+        ("--repeats", dict(type=positive_int, default=5)),
+        ("--bf16", dict(action="store_true", help="time bf16 even where it is emulated (slow)")),
+    ]),
     "moe": (cmd_moe, "MoE layer vs a naive masked loop and an equal-active dense FFN", [
         ("--tokens", dict(type=positive_int, default=4096)),
         ("--d-model", dict(type=positive_int, default=256)),

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -41,6 +42,13 @@ def test_gpu_section_runs_its_step_on_a_cpu_and_reports_tokens_and_mfu():
     assert "no data-sheet peak known for 'cpu'" in out
 
 
+def test_recompute_section_prints_time_and_memory_against_the_plain_step():
+    out = benchmark("recompute", *TINY_MODEL, "model.context_length=16", "--repeats", "1")
+    assert out.startswith("machine: ") and "fp32 plain " in out and "fp32 checkpointed " in out
+    ratio = re.search(r"fp32 checkpointed / plain: step time [\d.]+x, blocks' memory ([\d.]+)x", out)
+    assert ratio and float(ratio.group(1)) < 0.5, out  # a memory figure, not a timing
+
+
 @pytest.mark.parametrize("script, argv, message", [
     ("benchmark.py", ["train", "model=nope"],
      "error: model: unknown 'nope'; valid choices: gpt2, llama, mixtral, tiny, tiny_llama"),
@@ -51,6 +59,8 @@ def test_gpu_section_runs_its_step_on_a_cpu_and_reports_tokens_and_mfu():
     ("benchmark.py", ["moe", "--repeats", "0"], "moe: error: argument --repeats: '0': must be an integer >= 1"),
     ("benchmark.py", ["moe", "--top-k", "9"], "moe: error: argument --top-k: 9 is more than --experts 8"),
     ("benchmark.py", ["moe", "--threads", "0"], "moe: error: argument --threads: '0': must be an integer >= 1"),
+    ("benchmark.py", ["recompute", "model.activation_checkpointing=maybe"],
+     "error: model.activation_checkpointing='maybe': must be true or false"),
     ("benchmark.py", ["generate", "--batch", "-1"], "error: argument --batch: '-1': must be an integer >= 1"),
 ])
 def test_bad_arguments_are_refused_in_one_line(script, argv, message, tmp_path):

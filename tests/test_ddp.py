@@ -18,11 +18,13 @@ STEPS = ["trainer.log_every_n_steps=1", "sample.max_new_tokens=0"]
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     """2 ranks x 2 windows = 1 process x 4 windows, window for window (see window_stream), so the
     losses agree up to float summation order: DDP averages two half-batch gradients. 5 validation
-    windows: the ranks score 3 and 2 (Lightning's sampler repeated one to give each rank 3)."""
+    windows: the ranks score 3 and 2 (Lightning's sampler repeated one to give each rank 3). The
+    two ranks also checkpoint their activations (recomputed in backward, the same gradients)."""
     cache = tmp_path / "cache"
     run("train.py", *FAST, *STEPS, "data.batch_size=4", "data.val_windows=5",
         f"hydra.run.dir={tmp_path / 'one'}", f"paths.cache_dir={cache}")
     proc = run("train.py", *FAST, *STEPS, *DDP, "data.batch_size=2", "data.val_windows=5",
+               "model.activation_checkpointing=true",
                f"hydra.run.dir={tmp_path / 'two'}",
                f"paths.cache_dir={cache}", "logger=many", timeout=400)  # CSV and W&B (offline)
     assert len(list((tmp_path / "two" / "wandb").glob("offline-run-*"))) == 1  # rank 0's W&B run

@@ -8,6 +8,7 @@ import torch
 
 from lmlab.checkpoint import load_model
 from lmlab.sampling import sample_text
+from tests.test_resume import logged
 from tests.test_train_cli import FAST, run
 
 
@@ -29,3 +30,18 @@ def test_fsdp_trains_on_cpu_and_a_single_process_samples_from_its_checkpoint(tmp
     assert torch.isfinite(ce)
     text = sample_text(model, "gpt2", "ROMEO:", max_new_tokens=5, temperature=0.0)
     assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")
+
+
+@pytest.mark.slow
+def test_fsdp_with_activation_checkpointing_logs_the_losses_of_plain_fsdp(tmp_path):
+    """Each sharded Block recomputed in backward (model.activation_checkpointing=true): the same
+    training losses step for step as without, so the gathered weights' gradients are the same."""
+    losses = {}
+    for name, extra in (("plain", []), ("recomputed", ["model.activation_checkpointing=true"])):
+        run("train.py", *FAST, "model.n_layers=2", "trainer=fsdp", "trainer.accelerator=cpu",
+            "trainer.devices=2", "data.batch_size=2", "trainer.log_every_n_steps=1",
+            "sample.max_new_tokens=0", *extra, f"hydra.run.dir={tmp_path / name}",
+            f"paths.cache_dir={tmp_path / 'cache'}", timeout=500)
+        losses[name] = logged(tmp_path / name, "train/loss")
+    assert sorted(losses["plain"]) == list(range(6))
+    assert losses["recomputed"] == pytest.approx(losses["plain"], rel=1e-6)

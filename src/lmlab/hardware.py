@@ -162,3 +162,14 @@ def peak_memory_bytes(device: torch.device) -> int:
 def peak_memory_kind(device: torch.device) -> str:
     """What ``peak_memory_bytes`` counts on ``device``."""
     return "allocated on the GPU" if device.type == "cuda" else "resident"
+
+
+def cpu_bytes_kept(fn):
+    """(fn(), the bytes of CPU memory the call leaves allocated: its result and what autograd keeps
+    of it for backward), from the profiler's record of every allocation and free in the call
+    (memory allocated before the call and freed in it counts against it)."""
+    from torch.profiler import profile
+
+    with profile(profile_memory=True) as prof:
+        out = fn()
+    return out, sum(e.self_cpu_memory_usage for e in prof.key_averages())

@@ -43,6 +43,7 @@ from lmlab.errors import check_choice
 from lmlab.checks import is_int, is_number, non_negative, positive_int_or_null, require
 from lmlab.model.ffn import DenseFFN, SwiGLU, swiglu_hidden
 from lmlab.model.linear import Linear
+from lmlab.model.recompute import recomputing
 
 EXPERTS = ("gelu", "swiglu")
 SCORES = ("softmax", "sigmoid")
@@ -209,7 +210,7 @@ class MoE(nn.Module):
         dropped = 1 - kept_counts.sum() / (N * self.top_k)
         self.routing = RoutingStats(load=f.detach(), entropy=entropy.detach(),
                                     dropped=dropped.detach().float(), aux=aux.detach(), z=z.detach())
-        if self.training:
+        if self.training and not recomputing():  # a checkpointed block's second pass: counted
             step = self.tokens_per_expert
             self.tokens_per_expert = counts.detach() if step is None else step + counts.detach()
 

@@ -21,6 +21,7 @@ from lmlab.checks import is_number, require
 from lmlab.model.half_copy import HALF_ROWS, HalfCopy
 from lmlab.model.linear import Linear, linear
 from lmlab.model.moe import MoE
+from lmlab.model.recompute import checkpointed
 
 
 @dataclass
@@ -104,6 +105,7 @@ class Transformer(nn.Module):
         self._compiled = [torch.compile(b) for b in self.blocks] if cfg.get("compile") else None
         self._compiled_step = torch.compile(self.decoding_step, dynamic=False) if cfg.get("compile") else None
         self._half: HalfCopy | None = None  # made on the first compiled decoding step that reads it
+        self.activation_checkpointing = bool(cfg.get("activation_checkpointing", False))  # recompute.py
         self.fp16_decoding = True  # False: compiled decoding reads the fp32 weights (see half_copy)
 
     def _init_weights(self, m: nn.Module):
@@ -161,10 +163,16 @@ class Transformer(nn.Module):
     def run_blocks(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache | None = None,
                    real: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C) at ``pos`` through every block (compiled ones, with model.compile, unless
-        decoding or padded) -> (B, T, C)."""
+        decoding or padded; checkpointed ones, with model.activation_checkpointing, in training
+        with gradients) -> (B, T, C)."""
         compiled = self._compiled and cache is None and real is None
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self._compiled if compiled else self.blocks):
-            x = block(x, self.position, pos, cache.layers[i] if cache is not None else None, real)
+            layer = cache.layers[i] if cache is not None else None
+            if recompute:
+                x = checkpointed(block, x, self.position, pos, layer, real)
+            else:
+                x = block(x, self.position, pos, layer, real)
         return x
 
     def decoding_step(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache,
