@@ -13,7 +13,7 @@ from lmlab.hardware import cpu_bytes_kept
 
 SHAPES = {  # name -> config overrides on the default model
     "default model": [],
-    "default model at context 1024, batch 2": ["model.context_length=1024", "data.batch_size=2"],
+    "default model at context 1024, batch 4": ["model.context_length=1024", "data.batch_size=4"],
 }
 ON = "model.activation_checkpointing=true"
 MB = 2**20
@@ -21,7 +21,8 @@ MB = 2**20
 
 def kept(module, batch: torch.Tensor, bf16: bool) -> tuple[int, int]:
     """Bytes the forward pass leaves for backward: the blocks' (their activations and output) and
-    the whole loss's (with the LM head's gradient buffer, head_loss.py)."""
+    the whole loss's (with what the LM head keeps: its gradient buffer, or past head_loss's
+    KEPT_BYTES its two gradients)."""
     x, y = batch[:, :-1], batch[:, 1:]
     with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
         _, blocks = cpu_bytes_kept(lambda: module.model.features(x))
@@ -55,5 +56,6 @@ def cmd_recompute(args) -> None:
                       f"tokens/s   kept for backward: blocks {blocks / MB:7.1f} MB, whole loss "
                       f"{whole / MB:7.1f} MB")
             (b0, w0), (b1, w1) = memory["plain"], memory["checkpointed"]
-            print(f"  {dtype_name} checkpointed / plain: step time {times['checkpointed'] / times['plain']:.2f}x, "
+            ratio = times["checkpointed"] / times["plain"]
+            print(f"  {dtype_name} checkpointed / plain: step time {ratio:.2f}x, "
                   f"blocks' memory {b1 / b0:.2f}x, whole loss's {w1 / w0:.2f}x")

@@ -29,11 +29,16 @@ def reference(x, w, y):
     return F.cross_entropy((x @ w.t()).float(), y)
 
 
-@pytest.fixture
-def small_chunks(monkeypatch):
-    """Several row blocks and vocabulary chunks even at these sizes, with ragged last ones."""
+@pytest.fixture(params=["kept", "blocked"])
+def small_chunks(monkeypatch, request):
+    """Several softmax row groups and vocabulary chunks even at these sizes, with ragged last
+    ones; the gradient buffer either kept for backward whole or, ``blocked``, too large to keep:
+    taken in row blocks and multiplied out in forward."""
     monkeypatch.setattr(head_loss, "ROW_BYTES", 4 * V * 5)  # 5 rows at a time: 48 = 9 x 5 + 3
     monkeypatch.setattr(head_loss, "VOCAB_CHUNK", 300)  # 1000 = 3 x 300 + 100
+    if request.param == "blocked":  # at most 11 rows in fp32: 48 = 4 x 10 + 8; bf16: 3 x 16
+        monkeypatch.setattr(head_loss, "KEPT_BYTES", {"cpu": 4 * V * 11})
+    return request.param
 
 
 def test_fp32_equals_cross_entropy_on_full_logits(small_chunks):
@@ -72,12 +77,15 @@ def test_a_padded_vocabulary_gives_the_same_loss_and_gradients(small_chunks, mon
         assert ((a - b).norm() / b.norm()).item() < (1e-2 if bf16 else 1e-5)
 
 
-def test_gradients_pass_gradcheck_in_fp64(monkeypatch):
+@pytest.mark.parametrize("blocked", [False, True])
+def test_gradients_pass_gradcheck_in_fp64(monkeypatch, blocked):
     """At sizes gradcheck's one-element-at-a-time differences finish in a second: 13 rows in
-    blocks of 3 (ragged), 70 tokens in chunks of 30 (ragged)."""
+    groups of 3 (ragged), 70 tokens in chunks of 30 (ragged); blocked: row blocks of 5 (ragged)."""
     n, c, v = 13, 4, 70
     monkeypatch.setattr(head_loss, "ROW_BYTES", 4 * v * 3)
     monkeypatch.setattr(head_loss, "VOCAB_CHUNK", 30)
+    if blocked:
+        monkeypatch.setattr(head_loss, "KEPT_BYTES", {"cpu": 8 * v * 5})
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, c, generator=g, dtype=torch.float64).requires_grad_()
     w = (torch.randn(v, c, generator=g, dtype=torch.float64) * 2).requires_grad_()
@@ -108,7 +116,7 @@ def test_a_target_whose_probability_underflows_keeps_its_exact_loss(small_chunks
         assert ((a - b).norm() / b.norm()).item() < (1e-2 if bf16 else 1e-5)
 
 
-def test_batched_features_and_a_scaled_loss():
+def test_batched_features_and_a_scaled_loss(small_chunks):
     """(B, T, C) features and (B, T) targets, and an upstream gradient other than 1."""
     x, w, y = inputs()
     xb, yb = x.detach().view(4, 12, C).requires_grad_(), y.view(4, 12)
@@ -131,3 +139,20 @@ def test_no_fp32_logits_are_kept_for_backward():
             reference(x, w, y)
     assert full == [(torch.bfloat16, N * V)]
     assert (torch.float32, N * V) in [(t.dtype, t.numel()) for t in saved]  # the check can fail
+
+
+def test_a_buffer_past_its_limit_is_not_kept(monkeypatch):
+    """Past KEPT_BYTES the (N, V) buffer is never kept, in training or without gradients: what the
+    loss leaves allocated for backward is dx (N, C) and dw (V, C), and nothing without them."""
+    from lmlab.hardware import cpu_bytes_kept
+
+    x, w, y = inputs()
+    kept = {}
+    for limit in (1 << 28, 4 * V * 16):  # the buffer kept (192 kB); blocks of 16 rows
+        monkeypatch.setitem(head_loss.KEPT_BYTES, "cpu", limit)
+        _, kept[limit, True] = cpu_bytes_kept(lambda: linear_cross_entropy(x, w, y))
+        with torch.no_grad():
+            _, kept[limit, False] = cpu_bytes_kept(lambda: linear_cross_entropy(x, w, y))
+    assert kept[1 << 28, True] >= 4 * N * V  # the buffer: the check can fail
+    assert kept[4 * V * 16, True] <= 4 * (N * C + V * C) + 4096
+    assert kept[4 * V * 16, False] <= 4096
