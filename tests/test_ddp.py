@@ -2,12 +2,17 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import compose_cfg
-from tests.test_resume import logged
+from tests.conftest import ROOT, compose_cfg
+from tests.test_resume import checkpoint_step, logged
 from tests.test_sweep import wandb_records
 from tests.test_train_cli import FAST, run
 
@@ -117,3 +122,49 @@ def test_a_failed_ddp_job_of_a_sweep_keeps_its_own_error(tmp_path):
         f"paths.cache_dir={tmp_path / 'cache'}", timeout=500)
     record = json.loads((sweep / "0" / "metrics.json").read_text())
     assert record["status"] == "failed" and record["error"].startswith("Diverged: "), record["error"]
+
+
+def processes_naming(text: str) -> list[int]:
+    """The pids of this machine's processes whose command line holds ``text``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue  # ended meanwhile
+    return pids
+
+
+@pytest.mark.slow  # a DDP sweep started and stopped, ~30 s each
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_a_ddp_sweep_stops_its_jobs_run_and_records_it(tmp_path, sig):
+    """SIGTERM from `kill` (or `timeout`) reaches the sweep's process only: it passes it on to the
+    job's child run as a Ctrl-C; Ctrl-C reaches the whole process group. Either way the child
+    stops with its checkpoints and the sweep's process waits for it; the job is recorded
+    as interrupted with the sweep's overrides, and the sweep stops and exits 128 + the signal.
+    Before, on SIGTERM the sweep's process died at once and its child went on training alone;
+    after a Ctrl-C it killed the child 0.25 s later; the record kept the child's overrides."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *FAST, *STEPS, *DDP,
+                             "trainer.max_steps=3000", "trainer.val_check_interval=2", "seed=0,1",
+                             f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # a process group of its own, as in a terminal
+    last, deadline = sweep / "0" / "checkpoints" / "last.ckpt", time.time() + 300
+    while checkpoint_step(last) < 2:
+        assert proc.poll() is None and time.time() < deadline, "the sweep ended before the signal"
+        time.sleep(0.05)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # Ctrl-C
+    else:
+        proc.send_signal(sig)
+    assert proc.wait(timeout=120) == 128 + sig
+    assert processes_naming(str(sweep)) == []  # the child run and its ranks ended with it
+    record = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and record["error"] == f"interrupted by {sig.name}"
+    assert record["variant"] == ["seed=0"] and "seed=0" in record["overrides"]
+    assert "trainer.max_time=null" not in record["overrides"]  # the child's own (child_overrides)
+    assert 2 <= checkpoint_step(last) < 3000  # stopped early, its checkpoint whole
+    assert not (sweep / "1").exists()  # the sweep stopped: its next job never started

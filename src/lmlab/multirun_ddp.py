@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -54,13 +56,47 @@ def run_as_child(cfg: DictConfig) -> float | None:
     job, job_dir = hydra_job(), Path(cfg.paths.output_dir)
     cmd = [sys.executable, "-m", "lmlab", *child_overrides(list(HydraConfig.get().overrides.task)),
            f"hydra.run.dir={job_dir}", "hydra.output_subdir=.hydra_single_run"]
-    proc = subprocess.run(cmd, cwd=get_original_cwd(), env=child_env(job, cfg))
-    record = {**read_record(job_dir), "overrides": job["overrides"], "variant": job["variant"]}
-    write_record(job_dir, record)  # the sweep's view of the job: its varied overrides
-    if proc.returncode != 0:
+    child = subprocess.Popen(cmd, cwd=get_original_cwd(), env=child_env(job, cfg))
+    try:
+        returncode, signum = wait_passing_sigterm(child)
+    finally:  # the sweep's view of the job, its varied overrides, also when interrupted
+        record = {**read_record(job_dir), "overrides": job["overrides"], "variant": job["variant"]}
+        write_record(job_dir, record)
+    if signum is not None:
+        raise ChildInterrupted(signum)
+    if returncode != 0:
         raise ChildRunFailed(record.get("error") if job_status(record) in ("failed", "interrupted")
-                             else f"the job's run exited with status {proc.returncode}; see {job_dir}")
+                             else f"the job's run exited with status {returncode}; see {job_dir}")
     return record.get("val_loss")
+
+
+def wait_passing_sigterm(child: subprocess.Popen) -> tuple[int, int | None]:
+    """Wait for the child run to end: (its exit status, the signal that interrupted this process
+    meanwhile, or None). A SIGTERM sent to this process alone (``kill``, ``timeout``) is passed
+    on to the child as a Ctrl-C would reach it (a terminal signals the whole process group), and
+    either way this process waits for the child to record itself: ``subprocess.run`` would kill
+    it 0.25 s after a Ctrl-C, and on SIGTERM this process would die at once and leave it training
+    alone. SIGINT, not SIGTERM, because the child always runs several DDP ranks, and Lightning's
+    SIGTERM handling under DDP can deadlock: its handler broadcasts from rank 0 mid-step while the
+    other ranks are in another collective (Lightning #20806 and its fix #20825; here one of four such
+    stops hung), where a Ctrl-C ends the other ranks and stops the run at once."""
+    received: list[int] = []
+
+    def pass_on(signum, frame):
+        received.append(signum)
+        child.send_signal(signal.SIGINT)
+
+    main = threading.current_thread() is threading.main_thread()  # where handlers can be set
+    previous = signal.signal(signal.SIGTERM, pass_on) if main else None
+    try:
+        while True:
+            try:
+                return child.wait(), (received[0] if received else None)
+            except KeyboardInterrupt:
+                received.append(signal.SIGINT)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def child_env(job: dict, cfg: DictConfig) -> dict[str, str]:
@@ -76,6 +112,15 @@ def child_overrides(task: list[str]) -> list[str]:
     if any(o.split("=", 1)[0].lstrip("+~") == "trainer.max_time" for o in task):
         return task
     return [*task, "trainer.max_time=null"]
+
+
+class ChildInterrupted(KeyboardInterrupt):
+    """This process was interrupted by ``signum`` while the job's child run ran (and was passed
+    the signal); lmlab.job records the job as interrupted by it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class ChildRunFailed(RuntimeError):
