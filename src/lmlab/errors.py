@@ -21,6 +21,15 @@ class CheckpointSaveError(OSError):
     """A checkpoint could not be written; the file it was to replace is intact."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by the signal ``signum`` (number) the way a Ctrl-C stops it; the run is
+    recorded as interrupted by that signal (lmlab.interrupts, lmlab.multirun_ddp)."""
+
+    def __init__(self, signum: int, name: str):
+        super().__init__(name)
+        self.signum = signum
+
+
 @contextmanager
 def as_user_error() -> Iterator[None]:
     """A ValueError raised inside (a component's, a schedule's, a check's own refusal), raised

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from lmlab.errors import Diverged, UserError
-from lmlab.multirun_ddp import ChildInterrupted, ChildRunFailed, needs_own_process, run_as_child
+from lmlab.errors import Diverged, Interrupted, UserError
+from lmlab.multirun_ddp import ChildRunFailed, needs_own_process, run_as_child
 from lmlab.run_record import check_not_finished, hydra_job, record_failure
 from lmlab.validate import check_config
 
@@ -53,12 +53,14 @@ def train(cfg: DictConfig) -> float | None:
 def interrupting_signal(err: BaseException) -> int | None:
     """The signal that ended training, or None for another exit. Lightning turns SIGTERM into
     its ``SIGTERMException`` (a SystemExit, status 0) at a step's end, and Ctrl-C into
-    ``sys.exit(1)`` raised while handling the KeyboardInterrupt; a multirun + DDP job raises
-    ``ChildInterrupted`` once its child run has stopped."""
+    ``sys.exit(1)`` raised while handling the KeyboardInterrupt, which is an ``Interrupted`` for
+    a SIGTERM to a multi-process run (lmlab.interrupts); a multirun + DDP job raises
+    ``Interrupted`` once its child run has stopped."""
     if type(err).__name__ == "SIGTERMException":
         return signal.SIGTERM
-    if isinstance(err, ChildInterrupted):  # a multirun + DDP job's process, its child signalled
-        return err.signum
+    for cause in (err, err.__context__):  # SIGTERM in a multi-process run; a DDP job's child's
+        if isinstance(cause, Interrupted):
+            return cause.signum
     if isinstance(err, KeyboardInterrupt) or isinstance(err.__context__, KeyboardInterrupt):
         return signal.SIGINT
     return None

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from lmlab.errors import Interrupted
 from lmlab.loggers import JOB_IDENTITY_ENV, wandb_identity
 from lmlab.run_record import hydra_job, job_status, read_record, write_record
 
@@ -62,8 +63,8 @@ def run_as_child(cfg: DictConfig) -> float | None:
     finally:  # the sweep's view of the job, its varied overrides, also when interrupted
         record = {**read_record(job_dir), "overrides": job["overrides"], "variant": job["variant"]}
         write_record(job_dir, record)
-    if signum is not None:
-        raise ChildInterrupted(signum)
+    if signum is not None:  # the child has stopped: this job is recorded as interrupted
+        raise Interrupted(signum, signal.Signals(signum).name)
     if returncode != 0:
         raise ChildRunFailed(record.get("error") if job_status(record) in ("failed", "interrupted")
                              else f"the job's run exited with status {returncode}; see {job_dir}")
@@ -112,15 +113,6 @@ def child_overrides(task: list[str]) -> list[str]:
     if any(o.split("=", 1)[0].lstrip("+~") == "trainer.max_time" for o in task):
         return task
     return [*task, "trainer.max_time=null"]
-
-
-class ChildInterrupted(KeyboardInterrupt):
-    """This process was interrupted by ``signum`` while the job's child run ran (and was passed
-    the signal); lmlab.job records the job as interrupted by it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 class ChildRunFailed(RuntimeError):

@@ -19,6 +19,7 @@ from lmlab.console import lightning_lines_once
 from lmlab.errors import Diverged, UserError, as_user_error
 from lmlab.evaluation import score, summary
 from lmlab.hardware import peak_memory_bytes, peak_memory_kind, reset_peak_memory, return_freed_memory
+from lmlab.interrupts import SigtermAsCtrlC
 from lmlab.loggers import WandbRuns, make_loggers
 from lmlab.prompts import prompt_text
 from lmlab.resume import AtomicCheckpointIO, CsvHistory, RNGState, StepBoundarySignals, requeued_checkpoint
@@ -104,7 +105,7 @@ def make_trainer(cfg: DictConfig, loggers: list, extra_callbacks: tuple | list =
     meter, clock = ThroughputMeter(), TrainClock()
     kwargs, timer = trainer_limits(cfg, overrides)
     callbacks += [DivergenceGuard(), ValidateLastStep(), *timer, meter, clock, RNGState(),
-                  StepBoundarySignals(), CsvHistory(loggers),
+                  StepBoundarySignals(), SigtermAsCtrlC(), CsvHistory(loggers),
                   *progress_bars(cfg.trainer.get("enable_progress_bar", True) is not False),
                   *extra_callbacks]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
