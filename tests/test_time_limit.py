@@ -57,8 +57,8 @@ def test_a_sweep_job_run_as_a_ddp_child_has_no_default_time_limit(tmp_path, monk
         cfg.hydra.runtime.cwd = str(tmp_path)
         monkeypatch.setattr(HydraConfig.instance(), "cfg", cfg)  # as in a job; undone after
         calls = []
-        monkeypatch.setattr(multirun_ddp.subprocess, "run",
-                            lambda cmd, **kw: calls.append(cmd) or type("P", (), {"returncode": 0}))
+        ended = type("Child", (), {"wait": lambda self: 0})()  # a child run that ended at once
+        monkeypatch.setattr(multirun_ddp.subprocess, "Popen", lambda cmd, **kw: calls.append(cmd) or ended)
         multirun_ddp.run_as_child(cfg.copy())
         child = [o for o in calls[0][3:] if not o.startswith("hydra.")]
         return compose_cfg(child).trainer.max_time
