@@ -4,6 +4,7 @@ stops on. Nothing here imports torch or Lightning, so a bad command line is refu
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -25,8 +26,8 @@ class Interrupted(KeyboardInterrupt):
     """A run stopped by the signal ``signum`` (number) the way a Ctrl-C stops it; the run is
     recorded as interrupted by that signal (lmlab.interrupts, lmlab.multirun_ddp)."""
 
-    def __init__(self, signum: int, name: str):
-        super().__init__(name)
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 

@@ -22,7 +22,7 @@ from lmlab.errors import Interrupted
 
 
 def raise_interrupted(signum, frame) -> None:
-    raise Interrupted(signum, signal.Signals(signum).name)
+    raise Interrupted(signum)
 
 
 class SigtermAsCtrlC(L.Callback):

@@ -64,7 +64,7 @@ def run_as_child(cfg: DictConfig) -> float | None:
         record = {**read_record(job_dir), "overrides": job["overrides"], "variant": job["variant"]}
         write_record(job_dir, record)
     if signum is not None:  # the child has stopped: this job is recorded as interrupted
-        raise Interrupted(signum, signal.Signals(signum).name)
+        raise Interrupted(signum)
     if returncode != 0:
         raise ChildRunFailed(record.get("error") if job_status(record) in ("failed", "interrupted")
                              else f"the job's run exited with status {returncode}; see {job_dir}")
